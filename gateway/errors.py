@@ -70,7 +70,7 @@ class RequestError(GatewayError):
     status = 400
     reason = "invalid_request"
     title = "Bad Request"
-    bearer_error = "invalid_request"
+    bearer_error: str | None = "invalid_request"
 
 
 class PathNotCanonical(RequestError):
@@ -163,7 +163,7 @@ class AuthorizationError(GatewayError):
     status = 403
     reason = "forbidden"
     title = "Forbidden"
-    bearer_error = "insufficient_scope"
+    bearer_error: str | None = "insufficient_scope"
 
     def __init__(
         self, detail: str = "", *, reason: str | None = None, scopes: Sequence[str] = ()

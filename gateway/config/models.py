@@ -110,11 +110,17 @@ class JWKSOptions(Strict):
     max_stale: Duration = 3600.0
     #: CA bundle for the IdP's TLS certificate (default: the system store).
     ca_file: str | None = None
+    #: After a failed fetch, retry in the background after this delay, doubling (with jitter)
+    #: on each further failure up to ``retry_backoff_max``.
+    retry_backoff: Duration = 1.0
+    retry_backoff_max: Duration = 60.0
 
     @model_validator(mode="after")
     def _ttl_order(self) -> JWKSOptions:
         if self.min_ttl > self.max_ttl:
             raise ValueError("min_ttl must not exceed max_ttl")
+        if not 0 < self.retry_backoff <= self.retry_backoff_max:
+            raise ValueError("retry_backoff must be > 0 and not exceed retry_backoff_max")
         return self
 
 
@@ -130,7 +136,8 @@ class Provider(Strict):
     jwks_file: str | None = None
     secret: SecretStr | None = None
     secret_file: str | None = None
-    #: Accept an HMAC secret shorter than 32 bytes.
+    #: Accept an HMAC secret shorter than the hash output (32/48/64 bytes for HS256/384/512).
+    #: An empty secret or public key material is refused regardless.
     allow_weak_secret: bool = False
     #: Allow http:// JWKS and discovery URLs on non-loopback hosts.
     allow_insecure_jwks: bool = False
@@ -243,6 +250,10 @@ class Headers(Strict):
     forward_authorization: bool = False
     #: Forward the verified payload as one base64url header (e.g. X-JWT-Payload); off by default.
     payload_header: str | None = None
+    #: Drop every inbound header whose name contains ``_`` (default: true). WSGI/CGI-style
+    #: servers read ``X_User_Id`` as ``X-User-Id``; nginx drops such headers by default too
+    #: (``underscores_in_headers off``). Set false only for a backend that needs them.
+    drop_underscore_headers: bool = True
 
     @field_validator("claims", mode="before")
     @classmethod

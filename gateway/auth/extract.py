@@ -1,0 +1,179 @@
+"""Finding the one bearer credential of a request (RFC 6750 §2), without decoding surprises.
+
+A request may present its token in exactly one place. Looked at, per the route's providers'
+``token`` settings (compiled once into :class:`TokenLocations`):
+
+- a header (``Authorization`` by default) holding ``<scheme> SP <token68>``; the scheme is
+  compared case-insensitively, exactly one space separates it from the token, nothing follows.
+  An empty configured scheme means the header holds the bare token;
+- a cookie (off by default), and a query parameter (off by default).
+
+Refused with :class:`CredentialsMalformed` (400 ``invalid_request``): a credential header sent
+twice, a comma-joined or space-separated second credential, the configured scheme without a
+token68 after it, a token in more than one place, and a header/cookie token together with
+RFC 6750's standard ``access_token`` query parameter even when query tokens are not enabled
+(the backend might read that unverified second token).
+
+A header carrying *another* scheme (``Basic ...``) holds no bearer token (RFC 6750 §3.1): it is
+ignored, and a request without any token gets ``None`` (the caller answers 401 without an error
+code). A token longer than ``max_bytes`` is refused before any parsing (401 ``invalid_token``,
+reason ``token_too_large``): the client's token is bad, not its request framing.
+
+Header names are compared lower-cased; query parameter names are compared after
+percent-decoding (a ``%61ccess_token`` is still ``access_token`` to a backend) while values are
+never decoded: a token needs no escaping, so an escaped one is malformed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from gateway.config.models import TokenLocation
+from gateway.errors import CredentialsMalformed, TokenMalformed
+
+__all__ = ["STANDARD_QUERY_PARAMETER", "TokenLocations", "extract_token"]
+
+#: RFC 6750 §2.3's query parameter; its presence beside another credential is always refused.
+STANDARD_QUERY_PARAMETER = b"access_token"
+
+# RFC 7235 token68: the only credential syntax a bearer token can have (RFC 6750 §2.1).
+_TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+_COOKIE_SEPARATORS = b" \t"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLocations:
+    """Where a route looks for its token: compiled once from its providers' ``token`` settings."""
+
+    #: Lower-cased header name -> accepted lower-cased schemes (``b""``: the bare token).
+    headers: dict[bytes, frozenset[bytes]]
+    #: Cookie names holding a token (case-sensitive, as cookies are).
+    cookies: frozenset[bytes]
+    #: Query parameter names holding a token.
+    query: frozenset[bytes]
+
+    @classmethod
+    def compile(cls, locations: Iterable[TokenLocation]) -> TokenLocations:
+        """Merge the token locations of every provider a route accepts."""
+        headers: dict[bytes, set[bytes]] = {}
+        cookies: set[bytes] = set()
+        query: set[bytes] = set()
+        for location in locations:
+            if location.header is not None:
+                name = location.header.lower().encode("ascii")
+                headers.setdefault(name, set()).add(location.scheme.lower().encode("ascii"))
+            if location.cookie is not None:
+                cookies.add(location.cookie.encode("ascii"))
+            if location.query is not None:
+                query.add(location.query.encode("ascii"))
+        return cls(
+            headers={name: frozenset(schemes) for name, schemes in headers.items()},
+            cookies=frozenset(cookies),
+            query=frozenset(query),
+        )
+
+
+def _multiple() -> CredentialsMalformed:
+    return CredentialsMalformed(
+        "the request presents more than one credential", reason="multiple_credentials"
+    )
+
+
+def _from_header(value: bytes, schemes: frozenset[bytes]) -> bytes | None:
+    """The token in one credential header value, ``None`` if it uses another scheme."""
+    if b"," in value:
+        # A list of credentials (RFC 7235 allows it). Another scheme's parameters may hold
+        # commas (Digest); any list naming our scheme is a second credential.
+        for part in value.split(b","):
+            if part.strip(_COOKIE_SEPARATORS).partition(b" ")[0].lower() in schemes:
+                raise _multiple()
+        return None
+    scheme, space, credentials = value.partition(b" ")
+    if scheme and scheme.lower() in schemes:
+        if not space:
+            raise CredentialsMalformed("the authorization scheme has no token")
+        if _TOKEN68.fullmatch(credentials) is None:
+            raise CredentialsMalformed("the authorization header is not '<scheme> <token>'")
+        return credentials
+    if b"" in schemes:
+        # A header configured for the bare token.
+        if not space and _TOKEN68.fullmatch(value) is not None:
+            return value
+        if len(schemes) == 1:
+            raise CredentialsMalformed("the token header does not hold one token68")
+    return None
+
+
+def _from_cookies(value: bytes, names: frozenset[bytes], found: list[bytes]) -> None:
+    for pair in value.split(b";"):
+        name, equals, cookie = pair.strip(_COOKIE_SEPARATORS).partition(b"=")
+        if equals and cookie and name in names:
+            found.append(cookie)
+
+
+def _from_query(raw_query: bytes, names: frozenset[bytes]) -> tuple[list[bytes], bool]:
+    """Tokens in the configured parameters, and whether ``access_token`` is present at all."""
+    found: list[bytes] = []
+    standard = False
+    for pair in raw_query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if b"%" in name or b"+" in name:
+            name = unquote_to_bytes(name.replace(b"+", b" "))
+        if not value:
+            continue
+        if name in names:
+            found.append(value)
+        if name == STANDARD_QUERY_PARAMETER:
+            standard = True
+    return found, standard
+
+
+def extract_token(
+    headers: Sequence[tuple[bytes, bytes]],
+    raw_query: bytes,
+    locations: TokenLocations,
+    max_bytes: int,
+) -> str | None:
+    """Return the request's one bearer token, or ``None`` when it presents none.
+
+    ``headers`` are (name, value) byte pairs as in ASGI; ``raw_query`` is the undecoded query
+    string. Raises :class:`CredentialsMalformed` (``multiple_credentials``,
+    ``malformed_authorization``, ``malformed_credentials``) or :class:`TokenMalformed`
+    (``token_too_large``).
+    """
+    found: list[bytes] = []
+    header_schemes = locations.headers
+    cookie_names = locations.cookies
+    seen_headers: set[bytes] = set()
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        schemes = header_schemes.get(name)
+        if schemes is not None:
+            if name in seen_headers:
+                raise _multiple()
+            seen_headers.add(name)
+            token = _from_header(value, schemes)
+            if token is not None:
+                found.append(token)
+        elif cookie_names and name == b"cookie":
+            _from_cookies(value, cookie_names, found)
+
+    if raw_query:
+        query_tokens, standard_present = _from_query(raw_query, locations.query)
+        if standard_present and found:
+            raise _multiple()
+        found.extend(query_tokens)
+
+    if not found:
+        return None
+    if len(found) > 1:
+        raise _multiple()
+    token = found[0]
+    if len(token) > max_bytes:
+        raise TokenMalformed("the token is too large", reason="token_too_large")
+    if _TOKEN68.fullmatch(token) is None:
+        raise CredentialsMalformed("the token is not token68", reason="malformed_credentials")
+    return token.decode("ascii")

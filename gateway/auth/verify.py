@@ -1,0 +1,398 @@
+"""Token verification: the token is judged by the configuration, never by what it says of itself.
+
+One verification, in order (cheap and key-free checks first)::
+
+    cache hit? ─► strict compact parse (gateway.auth.jws)
+              ─► provider by EXACT ``iss`` (no iss: the ``issuer: null`` provider), and the
+                 route must accept that provider
+              ─► header ``alg`` in that provider's algorithms (never ``none``: config can't
+                 name it) ─► ``typ`` when configured
+              ─► candidate keys of THAT provider by (kid, alg); unknown kid: one
+                 ``refresh_on_miss()`` and ask again
+              ─► signature with a key bound to exactly that alg (PyJWT's algorithm object, called
+                 directly with the prepared key: no ``jwt.decode``)
+              ─► registered and provider claims ─► cache
+
+Keys are bound to their issuer because a token only ever meets the keys of the provider its
+``iss`` names. The cache is keyed by the exact token string and stores verification only,
+never authorisation: route rules run on every request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from cachetools import LRUCache
+
+from gateway.auth.jws import JWSParts, ParsedJWS, parse_compact
+from gateway.auth.types import Claims, KeyLookup, ProviderPolicy, VerificationKey, VerifiedToken
+from gateway.errors import (
+    AlgorithmNotAllowed,
+    AudienceMismatch,
+    BadSignature,
+    ClaimInvalid,
+    ConfigError,
+    IssuerMismatch,
+    TokenExpired,
+    TokenMalformed,
+    TokenNotYetValid,
+    UnknownKid,
+)
+
+__all__ = ["CompiledPolicy", "Verifier", "check_claims", "verify_jws_signature", "verify_signature"]
+
+_MISSING: Any = object()
+_DEFAULT_MAX_TOKEN_BYTES = 8 * 1024
+
+
+def _normalise_typ(value: str) -> str:
+    # RFC 7515 §4.1.9: "application/" may be omitted; media types compare case-insensitively.
+    value = value.lower()
+    return value[12:] if value.startswith("application/") else value
+
+
+class CompiledPolicy:
+    """A :class:`ProviderPolicy` with its lists turned into sets, built once per config."""
+
+    __slots__ = (
+        "algorithms",
+        "audiences",
+        "claim_equals",
+        "issuer",
+        "keys",
+        "leeway",
+        "max_lifetime",
+        "name",
+        "require_exp",
+        "required_claims",
+        "typ",
+    )
+
+    def __init__(self, policy: ProviderPolicy) -> None:
+        self.name: str = policy.name
+        self.issuer: str | None = policy.issuer
+        self.keys: KeyLookup = policy.keys
+        self.algorithms: frozenset[str] = frozenset(policy.algorithms)
+        if "none" in {alg.lower() for alg in self.algorithms}:
+            raise ConfigError(f"provider {policy.name!r}: 'none' is never an allowed algorithm")
+        self.audiences: frozenset[str] | None = (
+            None if policy.audiences is None else frozenset(policy.audiences)
+        )
+        self.typ: frozenset[str] | None = (
+            None if policy.typ is None else frozenset(_normalise_typ(t) for t in policy.typ)
+        )
+        self.leeway: float = float(policy.leeway)
+        self.require_exp: bool = policy.require_exp
+        self.max_lifetime: float | None = policy.max_lifetime
+        self.required_claims: tuple[str, ...] = tuple(policy.required_claims)
+        self.claim_equals: tuple[tuple[str, Any, str], ...] = tuple(
+            (name, value, "token_type_mismatch" if name == "token_type" else "claim_invalid")
+            for name, value in policy.claim_equals.items()
+        )
+
+
+# ------------------------------------------------------------------------------- signature
+
+
+def verify_signature(
+    candidates: Sequence[VerificationKey], alg: str, signing_input: bytes, signature: bytes
+) -> VerificationKey:
+    """Return the candidate whose key verifies ``signature``; the key's alg must be ``alg``.
+
+    Raises :class:`AlgorithmNotAllowed` when every candidate is bound to another algorithm,
+    :class:`BadSignature` when none verifies, :class:`UnknownKid` when there is no candidate.
+    """
+    if not candidates:
+        raise UnknownKid("no key of this provider matches the token")
+    bound_elsewhere = 0
+    for key in candidates:
+        # The key source already filters by alg; checking again keeps RFC 8725 §3.1 local.
+        if key.alg != alg:
+            bound_elsewhere += 1
+        elif key.verify(signing_input, signature):
+            return key
+    if bound_elsewhere == len(candidates):
+        raise AlgorithmNotAllowed("the key is bound to another algorithm")
+    raise BadSignature("the signature does not verify")
+
+
+def _check_algorithm(policy: CompiledPolicy, alg: str) -> None:
+    if alg not in policy.algorithms:
+        raise AlgorithmNotAllowed("the token's alg is not allowed for its issuer")
+
+
+def _check_typ(policy: CompiledPolicy, header: Mapping[str, Any]) -> None:
+    accepted = policy.typ
+    if accepted is None:
+        return
+    typ = header.get("typ")
+    if type(typ) is not str or _normalise_typ(typ) not in accepted:
+        raise ClaimInvalid("the token's typ is not accepted", reason="typ_mismatch")
+
+
+def verify_jws_signature(parts: JWSParts | ParsedJWS, policy: ProviderPolicy) -> VerificationKey:
+    """Check a parsed token's ``alg`` and signature against one provider's keys (no claims).
+
+    The signature layer on its own, for callers that already know the provider (test vectors
+    with non-JSON payloads, tooling). No key refresh is attempted.
+    """
+    compiled = CompiledPolicy(policy)
+    _check_algorithm(compiled, parts.alg)
+    candidates = compiled.keys.candidates(parts.kid, parts.alg)
+    return verify_signature(candidates, parts.alg, parts.signing_input, parts.signature)
+
+
+# ---------------------------------------------------------------------------------- claims
+
+
+def _numeric_date(value: Any, name: str) -> float:
+    # RFC 7519 §2 NumericDate: a JSON number. Booleans are ints in Python, strings are not
+    # numbers (PyJWT 2.15.1 accepts "1799999999"); NaN/Infinity never get past the parser.
+    kind = type(value)
+    if kind is not int and kind is not float:
+        raise ClaimInvalid(f"{name} must be a number")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ClaimInvalid(f"{name} is out of range") from None
+
+
+def _same_value(actual: Any, expected: Any) -> bool:
+    if type(expected) is bool or type(expected) is str:
+        return type(actual) is type(expected) and bool(actual == expected)
+    kind = type(actual)
+    return (kind is int or kind is float) and bool(actual == expected)
+
+
+def _check_audience(policy: CompiledPolicy, claims: Claims) -> None:
+    aud = claims.get("aud", _MISSING)
+    if aud is _MISSING:
+        if policy.audiences is not None:
+            raise AudienceMismatch("the token has no aud", reason="audience_missing")
+        return
+    if type(aud) is str:
+        audiences: Sequence[str] = (aud,)
+    elif type(aud) is list and all(type(item) is str for item in aud):
+        audiences = aud
+    else:
+        raise ClaimInvalid("aud must be a string or an array of strings")
+    if policy.audiences is not None and policy.audiences.isdisjoint(audiences):
+        raise AudienceMismatch("the token is not meant for this audience")
+
+
+def check_claims(policy: CompiledPolicy, claims: Claims, now: float) -> float | None:
+    """Check registered and provider claims at time ``now``; return ``exp`` (or ``None``).
+
+    ``iss`` is not looked at here: the provider was chosen by it.
+    """
+    leeway = policy.leeway
+    exp: float | None = None
+    raw = claims.get("exp", _MISSING)
+    if raw is not _MISSING:
+        exp = _numeric_date(raw, "exp")
+        if exp <= now - leeway:
+            raise TokenExpired("the token has expired")
+    elif policy.require_exp:
+        raise ClaimInvalid("the token has no exp", reason="claim_missing")
+    raw = claims.get("nbf", _MISSING)
+    if raw is not _MISSING and _numeric_date(raw, "nbf") > now + leeway:
+        raise TokenNotYetValid("the token is not valid yet")
+    iat: float | None = None
+    raw = claims.get("iat", _MISSING)
+    if raw is not _MISSING:
+        iat = _numeric_date(raw, "iat")
+        if iat > now + leeway:
+            raise TokenNotYetValid("the token was issued in the future")
+    if policy.max_lifetime is not None:
+        if exp is None:
+            raise ClaimInvalid("a token without exp has no bounded lifetime", reason="claim_missing")
+        # Without iat, the remaining lifetime is what can be bounded.
+        if exp - (now if iat is None else iat) > policy.max_lifetime:
+            raise ClaimInvalid("the token lives longer than allowed", reason="lifetime_exceeded")
+    _check_audience(policy, claims)
+    for name in ("sub", "jti"):
+        raw = claims.get(name, _MISSING)
+        if raw is not _MISSING and type(raw) is not str:
+            raise ClaimInvalid(f"{name} must be a string")
+    for name in policy.required_claims:
+        if name not in claims:
+            raise ClaimInvalid(f"the token has no {name} claim", reason="claim_missing")
+    for name, expected, reason in policy.claim_equals:
+        if not _same_value(claims.get(name, _MISSING), expected):
+            raise ClaimInvalid(f"the {name} claim does not have the required value", reason=reason)
+    return exp
+
+
+# ---------------------------------------------------------------------------------- cache
+
+
+class _Entry:
+    __slots__ = ("deadline", "leeway", "nbf", "verified")
+
+    def __init__(self, deadline: float, verified: VerifiedToken, nbf: float | None, leeway: float):
+        self.deadline = deadline
+        self.verified = verified
+        self.nbf = nbf
+        self.leeway = leeway
+
+
+# -------------------------------------------------------------------------------- verifier
+
+
+class Verifier:
+    """Verifies bearer tokens against the configured providers; one instance per config.
+
+    ``allowed`` (the route's providers, by name; ``None``: any) is applied after the token
+    has been routed to its provider by ``iss``, on cache hits as well.
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, ProviderPolicy],
+        *,
+        cache_max_entries: int = 10_000,
+        cache_ttl: float = 300.0,
+        cache_enabled: bool = True,
+        clock: Callable[[], float] = time.time,
+        max_token_bytes: int = _DEFAULT_MAX_TOKEN_BYTES,
+    ) -> None:
+        self._by_issuer: dict[str, CompiledPolicy] = {}
+        self._without_issuer: CompiledPolicy | None = None
+        for name, policy in providers.items():
+            if policy.name != name:
+                raise ConfigError(f"provider {name!r} is compiled under the name {policy.name!r}")
+            compiled = CompiledPolicy(policy)
+            if policy.issuer is None:
+                if self._without_issuer is not None:
+                    raise ConfigError("only one provider may have `issuer: null`")
+                self._without_issuer = compiled
+            elif policy.issuer in self._by_issuer:
+                raise ConfigError(f"two providers have the issuer {policy.issuer!r}")
+            else:
+                self._by_issuer[policy.issuer] = compiled
+        self._clock = clock
+        self._ttl = float(cache_ttl)
+        self._max_token_bytes = max_token_bytes
+        self._cache: LRUCache[str, _Entry] | None = (
+            LRUCache(maxsize=cache_max_entries) if cache_enabled and cache_max_entries > 0 else None
+        )
+        # cachetools is not thread-safe and verify_blocking runs on WSGI worker threads.
+        self._lock = threading.Lock()
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def verify(self, token: str, allowed: frozenset[str] | None = None) -> VerifiedToken:
+        """Verify ``token`` for a route accepting the ``allowed`` providers (``None``: any).
+
+        Raises a :class:`gateway.errors.GatewayError` subclass: InvalidToken family (401),
+        AudienceMismatch (403), KeysUnavailable (503).
+        """
+        hit = self._cached(token, allowed)
+        if hit is not None:
+            return hit
+        parsed, policy = self._route(token, allowed)
+        keys = policy.keys
+        candidates = keys.candidates(parsed.kid, parsed.alg)
+        if not candidates:
+            await keys.refresh_on_miss()
+            candidates = keys.candidates(parsed.kid, parsed.alg)
+        return self._complete(token, parsed, policy, candidates)
+
+    def verify_blocking(self, token: str, allowed: frozenset[str] | None = None) -> VerifiedToken:
+        """:meth:`verify` for synchronous callers (WSGI).
+
+        On an unknown kid, calls the key source's ``refresh_on_miss_sync()`` when it has one.
+        """
+        hit = self._cached(token, allowed)
+        if hit is not None:
+            return hit
+        parsed, policy = self._route(token, allowed)
+        keys = policy.keys
+        candidates = keys.candidates(parsed.kid, parsed.alg)
+        if not candidates:
+            refresh: Callable[[], object] | None = getattr(keys, "refresh_on_miss_sync", None)
+            if refresh is not None:
+                refresh()
+                candidates = keys.candidates(parsed.kid, parsed.alg)
+        return self._complete(token, parsed, policy, candidates)
+
+    def clear_cache(self) -> None:
+        """Forget every verified token (e.g. after a key was withdrawn)."""
+        if self._cache is not None:
+            with self._lock:
+                self._cache.clear()
+
+    @property
+    def cache_size(self) -> int:
+        """Number of cached verified tokens."""
+        return 0 if self._cache is None else len(self._cache)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _cached(self, token: str, allowed: frozenset[str] | None) -> VerifiedToken | None:
+        if len(token) > self._max_token_bytes:
+            raise TokenMalformed("the token is too large", reason="token_too_large")
+        cache = self._cache
+        if cache is None:
+            return None
+        with self._lock:
+            entry = cache.get(token)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now >= entry.deadline:
+            with self._lock:
+                cache.pop(token, None)
+            return None
+        verified = entry.verified
+        if allowed is not None and verified.provider not in allowed:
+            raise IssuerMismatch("the token's issuer is not accepted here", reason="issuer_not_allowed")
+        # The deadline already ends at exp; re-checking keeps a moved clock honest.
+        exp = verified.expires_at
+        if exp is not None and exp <= now - entry.leeway:
+            raise TokenExpired("the token has expired")
+        if entry.nbf is not None and entry.nbf > now + entry.leeway:
+            raise TokenNotYetValid("the token is not valid yet")
+        return verified
+
+    def _route(self, token: str, allowed: frozenset[str] | None) -> tuple[ParsedJWS, CompiledPolicy]:
+        parsed = parse_compact(token)
+        iss = parsed.claims.get("iss", _MISSING)
+        if iss is _MISSING:
+            policy = self._without_issuer
+        elif type(iss) is str:
+            policy = self._by_issuer.get(iss)
+        else:
+            raise IssuerMismatch("iss must be a string")
+        if policy is None:
+            raise IssuerMismatch("the token's issuer is not a configured provider")
+        if allowed is not None and policy.name not in allowed:
+            raise IssuerMismatch("the token's issuer is not accepted here", reason="issuer_not_allowed")
+        _check_algorithm(policy, parsed.alg)
+        _check_typ(policy, parsed.header)
+        return parsed, policy
+
+    def _complete(
+        self,
+        token: str,
+        parsed: ParsedJWS,
+        policy: CompiledPolicy,
+        candidates: Sequence[VerificationKey],
+    ) -> VerifiedToken:
+        verify_signature(candidates, parsed.alg, parsed.signing_input, parsed.signature)
+        now = self._clock()
+        claims = parsed.claims
+        exp = check_claims(policy, claims, now)
+        verified = VerifiedToken(provider=policy.name, claims=claims, header=parsed.header, expires_at=exp)
+        cache = self._cache
+        if cache is not None:
+            deadline = now + self._ttl if exp is None else min(now + self._ttl, exp)
+            if deadline > now:
+                nbf = claims.get("nbf")
+                entry = _Entry(deadline, verified, None if nbf is None else float(nbf), policy.leeway)
+                with self._lock:
+                    cache[token] = entry
+        return verified

@@ -1,0 +1,241 @@
+"""The heart of the gateway: ``decide(request) -> Decision``, transport-neutral.
+
+One request, in order (each step may end the request with an explicit denial)::
+
+    canonical path -> route match -> (deny | public | preflight?) -> extract token
+    -> verify (provider by iss, key by kid, signature, registered claims)
+    -> route rule -> claim headers -> allow
+
+Proxy mode, the ASGI and WSGI middlewares and forward-auth all call :meth:`Pipeline.decide`
+(or its blocking twin); none of them re-implements a rule. The pipeline holds one immutable
+:class:`~gateway.policy.Policy`; a reload swaps the whole policy, so a request decided under
+one config never sees half of another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from gateway.auth.extract import extract_token
+from gateway.auth.types import VerifiedToken
+from gateway.errors import (
+    GatewayError,
+    PathNotCanonical,
+    RouteDenied,
+    RouteNotFound,
+    RuleFailed,
+    TokenMissing,
+)
+from gateway.routing.path import canonical_path
+
+if TYPE_CHECKING:
+    from gateway.policy import CompiledRoute, Policy
+
+Outcome = Literal["allowed", "denied", "report_only"]
+
+_EMPTY: Mapping[str, str] = {}
+
+
+@dataclass(slots=True)
+class RequestView:
+    """What the decision needs to know about a request, whatever the transport.
+
+    ``headers`` are ASGI-style: lower-cased byte names, byte values, in received order.
+    """
+
+    method: str
+    raw_path: bytes
+    query: bytes = b""
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    client: str | None = None
+    websocket: bool = False
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to do with a request: allow (with these claim headers) or deny (with this error).
+
+    In report-only mode (``enforce: false``) ``outcome`` is ``report_only`` and ``error`` holds
+    the denial that *would* have happened; the request passes.
+    """
+
+    outcome: Outcome
+    route: CompiledRoute | None = None
+    #: The canonical path: matched, and (after prefix rewriting) forwarded.
+    path: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    error: GatewayError | None = None
+    token: VerifiedToken | None = None
+    claim_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Seconds spent verifying the token (0 when none was verified).
+    verify_seconds: float = 0.0
+    #: Which rule condition failed (for logs only; names the condition, never claim values).
+    rule_failure: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """True when the request goes on (allowed, or denied in report-only mode)."""
+        return self.outcome != "denied"
+
+    @property
+    def reason(self) -> str:
+        """Stable reason code: ``ok`` or the error's reason."""
+        return "ok" if self.error is None else self.error.reason
+
+
+def _is_preflight(view: RequestView) -> bool:
+    return (
+        view.method == "OPTIONS"
+        and view.header(b"origin") is not None
+        and view.header(b"access-control-request-method") is not None
+    )
+
+
+class Pipeline:
+    """Decides requests under the current policy; :meth:`swap` installs a new one atomically."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def swap(self, policy: Policy) -> Policy:
+        """Install ``policy`` for requests that start from now on; return the old one."""
+        old, self.policy = self.policy, policy
+        return old
+
+    # The async and blocking entry points share every step but the verification call.
+
+    async def decide(self, view: RequestView) -> Decision:
+        """Decide ``view`` (async: a key re-fetch after an unknown kid may be awaited)."""
+        policy = self.policy
+        early, route, path, params, token = self._before_verify(policy, view)
+        if early is not None:
+            return early
+        assert route is not None and path is not None and token is not None
+        started = time.perf_counter()
+        try:
+            verified = await policy.verifier.verify(token, route.providers)
+        except GatewayError as exc:
+            return self._deny(route, path, params, exc, verify_seconds=time.perf_counter() - started)
+        return self._after_verify(policy, route, path, params, verified, time.perf_counter() - started)
+
+    def decide_blocking(self, view: RequestView) -> Decision:
+        """Decide ``view`` without an event loop (WSGI): key re-fetches are synchronous."""
+        policy = self.policy
+        early, route, path, params, token = self._before_verify(policy, view)
+        if early is not None:
+            return early
+        assert route is not None and path is not None and token is not None
+        started = time.perf_counter()
+        try:
+            verified = policy.verifier.verify_blocking(token, route.providers)
+        except GatewayError as exc:
+            return self._deny(route, path, params, exc, verify_seconds=time.perf_counter() - started)
+        return self._after_verify(policy, route, path, params, verified, time.perf_counter() - started)
+
+    # ---------------------------------------------------------------------------- the steps
+
+    def _before_verify(
+        self, policy: Policy, view: RequestView
+    ) -> tuple[Decision | None, CompiledRoute | None, str | None, Mapping[str, str], str | None]:
+        try:
+            path = canonical_path(view.raw_path, policy.normalize)
+        except PathNotCanonical as exc:
+            return Decision("denied", error=exc), None, None, _EMPTY, None
+        host = view.header(b"host")
+        match = policy.routes.match(view.method, path, host.decode("latin-1") if host else None)
+        if match is None:
+            return Decision("denied", path=path, error=policy.route_not_found()), None, path, _EMPTY, None
+        route, params = match.payload, match.params
+        if route.auth == "deny":
+            return self._deny(route, path, params, RouteDenied("this route is closed")), None, path, params, None
+        if route.auth == "public" or (route.cors_preflight and _is_preflight(view)):
+            return Decision("allowed", route=route, path=path, params=params), None, path, params, None
+        try:
+            token = extract_token(view.headers, view.query, route.locations, policy.max_token_bytes)
+        except GatewayError as exc:
+            return self._deny(route, path, params, exc), None, path, params, None
+        if token is None:
+            if route.auth == "optional":
+                return Decision("allowed", route=route, path=path, params=params), None, path, params, None
+            missing = TokenMissing("a bearer token is required")
+            return self._deny(route, path, params, missing), None, path, params, None
+        return None, route, path, params, token
+
+    def _after_verify(
+        self,
+        policy: Policy,
+        route: CompiledRoute,
+        path: str,
+        params: Mapping[str, str],
+        verified: VerifiedToken,
+        seconds: float,
+    ) -> Decision:
+        claims = verified.claims
+        if route.rule is not None:
+            outcome = route.rule.evaluate(claims, params)
+            if not outcome.ok:
+                # The failing condition is logged, never sent: it would teach clients the policy.
+                error = RuleFailed("the token does not satisfy this route's rule", scopes=outcome.scopes)
+                denied = self._deny(route, path, params, error, token=verified, verify_seconds=seconds)
+                denied.rule_failure = outcome.failed
+                if denied.outcome == "report_only":
+                    denied.claim_headers = self._claim_headers_or_none(policy, claims)
+                return denied
+        try:
+            headers = policy.headers.claim_headers(claims)
+        except GatewayError as exc:
+            return self._deny(route, path, params, exc, token=verified, verify_seconds=seconds)
+        return Decision(
+            "allowed",
+            route=route,
+            path=path,
+            params=params,
+            token=verified,
+            claim_headers=headers,
+            verify_seconds=seconds,
+        )
+
+    @staticmethod
+    def _claim_headers_or_none(policy: Policy, claims: Mapping[str, object]) -> list[tuple[bytes, bytes]]:
+        # Report-only: a verified identity is still passed on even though a rule failed.
+        try:
+            return policy.headers.claim_headers(claims)
+        except GatewayError:
+            return []
+
+    @staticmethod
+    def _deny(
+        route: CompiledRoute,
+        path: str,
+        params: Mapping[str, str],
+        error: GatewayError,
+        *,
+        token: VerifiedToken | None = None,
+        verify_seconds: float = 0.0,
+    ) -> Decision:
+        # Report-only routes let the request pass but keep the would-be denial for the log.
+        # Claim headers are only ever set from a verified token whose encoding succeeded,
+        # which a denied decision by construction does not have.
+        outcome: Outcome = "denied" if route.enforce else "report_only"
+        return Decision(
+            outcome,
+            route=route,
+            path=path,
+            params=params,
+            error=error,
+            token=token,
+            verify_seconds=verify_seconds,
+        )
+
+
+__all__ = ["Decision", "Pipeline", "RequestView", "RouteNotFound"]

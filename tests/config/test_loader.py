@@ -1,0 +1,119 @@
+"""Config loading: YAML strictness, ${VAR} substitution, one-line errors with key paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config.loader import format_loc, load_config, parse_config, substitute_env
+from gateway.errors import ConfigError
+
+PROVIDER = """
+providers:
+  corp:
+    issuer: https://idp.example.com
+    jwks_uri: https://idp.example.com/jwks.json
+    algorithms: [RS256]
+    audiences: [api]
+"""
+
+
+def error_of(text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, file="gw.yaml", env=env or {})
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith("gw.yaml: ")
+    return line
+
+
+def test_minimal_config_is_valid() -> None:
+    cfg = parse_config(PROVIDER + "routes: [{match: {path: /a/**}}]\n", env={})
+    assert cfg.providers["corp"].leeway == 30.0
+    assert cfg.routes[0].auth == "required"
+
+
+def test_unknown_key_names_the_key_path() -> None:
+    line = error_of(PROVIDER + "routes:\n  - match: {path: /a}\n    requre: {claim: x, exists: true}\n")
+    assert line == "gw.yaml: routes[0].requre: unknown key"
+
+
+def test_nested_rule_error_path_drops_union_tags() -> None:
+    text = PROVIDER + "routes:\n  - match: {path: /a}\n    require: {all: [{claim: r, bogus: 1}]}\n"
+    assert error_of(text) == "gw.yaml: routes[0].require.all[0].bogus: unknown key"
+
+
+def test_wrong_type_names_the_key_path() -> None:
+    line = error_of("listen: {port: eighty}\n")
+    assert line.startswith("gw.yaml: listen.port: ")
+    assert "integer" in line
+
+
+def test_missing_env_var_names_the_key_path() -> None:
+    text = PROVIDER.replace("https://idp.example.com/jwks.json", "${JWKS_URL}")
+    assert error_of(text) == "gw.yaml: providers.corp.jwks_uri: environment variable JWKS_URL is not set"
+
+
+def test_env_substitution_with_default_and_escape() -> None:
+    text = PROVIDER.replace("https://idp.example.com/jwks.json", "${JWKS_URL:-https://x/j}") + "realm: a$$b\n"
+    cfg = parse_config(text, env={})
+    assert cfg.providers["corp"].jwks_uri == "https://x/j"
+    assert cfg.realm == "a$b"
+    cfg = parse_config(text, env={"JWKS_URL": "https://y/j"})
+    assert cfg.providers["corp"].jwks_uri == "https://y/j"
+
+
+def test_env_value_cannot_inject_yaml_structure() -> None:
+    out = substitute_env({"a": "${V}"}, {"V": "x\nb: injected"})
+    assert out == {"a": "x\nb: injected"}
+
+
+def test_duplicate_keys_are_refused() -> None:
+    line = error_of("realm: a\nrealm: b\n")
+    assert "duplicate key 'realm'" in line and "line 2" in line
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    line = error_of("listen: {port: 1\n")
+    assert "line 2, column 1: invalid YAML" in line
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert error_of("- a\n- b\n") == "gw.yaml: the top level must be a mapping"
+
+
+def test_several_errors_are_counted_on_one_line() -> None:
+    line = error_of("listen: {port: x}\nadmin: {port: y}\n")
+    assert "(and 1 more error)" in line
+
+
+def test_secret_value_is_not_echoed() -> None:
+    text = "providers:\n  dj:\n    issuer: null\n    secret: s3cr3t-value-that-must-not-leak\n    algorithms: [RS256]\n    audience: any\n"
+    line = error_of(text)
+    assert "s3cr3t" not in line
+    assert line.startswith("gw.yaml: providers.dj: ")
+
+
+@pytest.mark.parametrize(
+    ("loc", "expected"),
+    [
+        (("routes", 2, "require", "<claim>", "claim"), "routes[2].require.claim"),
+        (("providers", "corp", "jwks", "timeout"), "providers.corp.jwks.timeout"),
+        ((), ""),
+    ],
+)
+def test_format_loc(loc: tuple[int | str, ...], expected: str) -> None:
+    assert format_loc(loc) == expected
+
+
+def test_load_config_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.yaml")
+    assert str(info.value).endswith("missing.yaml: cannot read the file: No such file or directory")
+
+
+def test_load_config_reads_file(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(PROVIDER)
+    assert load_config(path, env={}).providers["corp"].issuer == "https://idp.example.com"
