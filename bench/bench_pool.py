@@ -8,6 +8,7 @@ to the pool. ``--concurrency N`` runs N client tasks (N connections) instead of 
     .venv/bin/python bench/bench_pool.py [--requests 20000] [--concurrency 1] [--loop uvloop]
     .venv/bin/python bench/bench_pool.py --profile   # cProfile of the client side, top 25
     .venv/bin/python bench/bench_pool.py --stream 1024   # 1 GiB down and up: MB/s, RSS growth
+    .venv/bin/python bench/bench_pool.py --no-io         # the pool's own Python, no sockets
 
 Not a timed test: figures go to bench/README.md by hand.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway.proxy.http1 import UpstreamConnection
 from gateway.proxy.pool import Origin, PoolLimits, UpstreamPool
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
@@ -95,6 +97,52 @@ async def _client(port: int, requests: int, concurrency: int) -> tuple[float, fl
     elapsed = time.perf_counter() - started
     await pool.aclose()
     return elapsed, cpu
+
+
+class _AnsweringTransport:
+    """For --no-io: every write is answered with RESPONSE on the next loop iteration."""
+
+    def __init__(self, conn: UpstreamConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self.conn = conn
+        self.loop = loop
+
+    def write(self, data: bytes) -> None:
+        self.loop.call_soon(self.conn.data_received, RESPONSE)
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
+async def _no_io(requests: int) -> None:
+    loop = asyncio.get_running_loop()
+    pool = UpstreamPool()
+    origin = Origin("http", "127.0.0.1", 9)
+
+    async def fake_connect(*_: object) -> UpstreamConnection:
+        conn = UpstreamConnection(loop, max_head=65536, max_headers=128, read_timeout=60, write_timeout=60)
+        conn.connection_made(_AnsweringTransport(conn, loop))  # type: ignore[arg-type]
+        return conn
+
+    pool._connect = fake_connect  # type: ignore[method-assign,assignment]
+
+    async def one() -> None:
+        response = await pool.request(origin, "GET", b"/api/orders?limit=10", HEADERS)
+        async for _ in response.aiter_body():
+            pass
+        await response.aclose()
+
+    for _ in range(2000):
+        await one()
+    started = time.perf_counter()
+    for _ in range(requests):
+        await one()
+    elapsed = time.perf_counter() - started
+    print(
+        f"no I/O: {elapsed / requests * 1e6:.1f} us/request (head encoding, parsing, two loop "
+        "iterations, connection return; no syscalls)"
+    )
 
 
 class _Streamer(asyncio.Protocol):
@@ -193,7 +241,12 @@ def main() -> None:
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--stream", type=int, metavar="MIB", help="stream MIB MiB down and up instead")
+    parser.add_argument("--no-io", action="store_true", help="measure the pool without sockets")
     args = parser.parse_args()
+    if args.no_io:
+        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as no_io_runner:
+            no_io_runner.run(_no_io(args.requests))
+        return
     if args.stream:
         with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as stream_runner:
             stream_runner.run(_stream(args.stream))

@@ -7,17 +7,17 @@ RFC 6750 / RFC 9457 error or forwarded, streaming, to its upstream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
-from gateway import logs
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.errors import GatewayError, InternalError
 from gateway.http.problem import render_error
+from gateway.observe import Observer, RequestRecord
 from gateway.pipeline import Decision, Pipeline, RequestView
 from gateway.policy import Policy
 from gateway.proxy.forwarder import Forwarder, UpstreamRequest, build_headers
@@ -48,8 +48,9 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> bytes:
 class GatewayApp:
     """ASGI app: decide, then deny or forward. Owns the pipeline, the pool and the key sources."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, observer: Observer | None = None) -> None:
         self.pipeline = Pipeline(policy)
+        self.observer = observer or Observer()
         proxy = policy.config.proxy
         self.pool = UpstreamPool(
             PoolLimits(
@@ -80,6 +81,16 @@ class GatewayApp:
         await self.policy.start()
         self.started = True
 
+    async def install(self, policy: Policy) -> None:
+        """Make ``policy`` live: start its new key sources, swap it in, retire unused ones.
+
+        Requests already being decided keep the policy they read when they started.
+        """
+        await policy.start()
+        self.pipeline.swap(policy)
+        for source in policy.keys.retired:
+            await source.aclose()
+
     async def shutdown(self) -> None:
         """Stop background work and close upstream connections."""
         await self.policy.aclose()
@@ -101,7 +112,7 @@ class GatewayApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
-                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -113,6 +124,7 @@ class GatewayApp:
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Decide one HTTP request, then deny it or forward it."""
         started = time.perf_counter()
+        self.observer.request_started()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id = request_id_of(headers)
         client = scope.get("client")
@@ -130,7 +142,7 @@ class GatewayApp:
         decision: Decision | None = None
         response_started = False
 
-        async def send_tracking(message: dict[str, Any]) -> None:
+        async def send_tracking(message: MutableMapping[str, Any]) -> None:
             nonlocal response_started, status
             if message["type"] == "http.response.start":
                 response_started = True
@@ -176,8 +188,8 @@ class GatewayApp:
         if view.query:
             target += b"?" + view.query
         host = view.header(b"host") if route.preserve_host else None
-        forwarding = policy.trusted_proxies.forwarding_headers(
-            view.client, view.headers, scope.get("scheme", "http"), view.header(b"host")
+        forwarding = policy.trusted_proxies.forwarding(
+            view.client, scope.get("scheme", "http"), view.header(b"host"), view.headers
         )
         headers = build_headers(
             view.headers,
@@ -218,23 +230,25 @@ class GatewayApp:
         token = decision.token if decision is not None else None
         subject_claim = policy.config.logging.subject_claim
         sub = token.claims.get(subject_claim) if token is not None and subject_claim else None
-        fields: dict[str, Any] = {
-            "request_id": request_id.decode(),
-            "method": view.method,
-            "path": decision.path if decision is not None and decision.path is not None else None,
-            "route": route.name if route is not None else None,
-            "status": status,
-            "decision": decision.outcome if decision is not None else "error",
-            "reason": reason or (decision.reason if decision is not None else "internal_error"),
-            "provider": token.provider if token is not None else None,
-            "sub": sub if isinstance(sub, str | int) else None,
-            "client": view.client,
-            "upstream_status": upstream_status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "verify_ms": round(decision.verify_seconds * 1000, 3) if decision is not None else 0.0,
-            "upstream_ms": round(upstream_seconds * 1000, 3),
-        }
-        logs.access(fields)
+        self.observer.request_done(
+            RequestRecord(
+                request_id=request_id.decode(),
+                method=view.method,
+                path=decision.path if decision is not None else None,
+                route=route.name if route is not None else None,
+                status=status,
+                decision=decision.outcome if decision is not None else "error",
+                reason=reason or (decision.reason if decision is not None else "internal_error"),
+                provider=token.provider if token is not None else None,
+                sub=sub if isinstance(sub, str | int) and not isinstance(sub, bool) else None,
+                client=view.client,
+                upstream_status=upstream_status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                verify_ms=round(decision.verify_seconds * 1000, 3) if decision is not None else 0.0,
+                upstream_ms=round(upstream_seconds * 1000, 3),
+                rule=decision.rule_failure if decision is not None else None,
+            )
+        )
 
 
-__all__ = ["GatewayApp", "ResponseAborted", "asyncio"]
+__all__ = ["GatewayApp", "ResponseAborted"]

@@ -99,7 +99,9 @@ async def _demo(port: int) -> None:
 
     def side(app_: Any) -> _SecondaryServer:
         return _SecondaryServer(
-            uvicorn.Config(app_, loop="none", http="httptools", lifespan="off", log_config=None, access_log=False)
+            uvicorn.Config(
+                app_, loop="none", http="httptools", lifespan="off", log_config=None, access_log=False
+            )
         )
 
     issuer_server, echo_server = side(issuer), side(echo_app)

@@ -165,9 +165,7 @@ class AuthorizationError(GatewayError):
     title = "Forbidden"
     bearer_error: str | None = "insufficient_scope"
 
-    def __init__(
-        self, detail: str = "", *, reason: str | None = None, scopes: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, detail: str = "", *, reason: str | None = None, scopes: Sequence[str] = ()) -> None:
         super().__init__(detail, reason=reason)
         #: scopes named in the challenge's ``scope`` attribute when a scope rule failed.
         self.scopes = tuple(scopes)

@@ -157,7 +157,13 @@ class Pipeline:
             return Decision("denied", path=path, error=policy.route_not_found()), None, path, _EMPTY, None
         route, params = match.payload, match.params
         if route.auth == "deny":
-            return self._deny(route, path, params, RouteDenied("this route is closed")), None, path, params, None
+            return (
+                self._deny(route, path, params, RouteDenied("this route is closed")),
+                None,
+                path,
+                params,
+                None,
+            )
         if route.auth == "public" or (route.cors_preflight and _is_preflight(view)):
             return Decision("allowed", route=route, path=path, params=params), None, path, params, None
         try:

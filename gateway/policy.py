@@ -111,6 +111,7 @@ class Policy:
         verifier: Verifier,
         headers: ClaimHeaders,
         keys: KeySourcePlan,
+        registry: KeySourceRegistry,
         trusted_proxies: TrustedProxies,
         upstream_ssl: ssl.SSLContext | None,
     ) -> None:
@@ -119,6 +120,7 @@ class Policy:
         self.verifier = verifier
         self.headers = headers
         self.keys = keys
+        self.registry = registry
         self.key_sources: Mapping[str, KeySource] = keys.sources
         self.trusted_proxies = trusted_proxies
         self.upstream_ssl = upstream_ssl
@@ -146,6 +148,7 @@ class Policy:
         Sources carried over from the previous policy by a reload are already running.
         """
         await asyncio.gather(*(source.start() for source in self.keys.to_start))
+        self.registry.commit(self.keys)
 
     async def aclose(self) -> None:
         """Stop every key source of this policy (at shutdown)."""
@@ -233,7 +236,7 @@ def _compile_route(
 
 
 def _config_error(message: str, where: str) -> ConfigError:
-    """``"require.all[0].claim: bad path"`` under ``routes[2]`` -> ConfigError(path=routes[2].require.all[0].claim)."""
+    """``"require.all[0].claim: bad"`` under ``routes[2]`` -> path ``routes[2].require.all[0].claim``."""
     head, sep, rest = message.partition(": ")
     if sep and " " not in head:
         return ConfigError(rest, path=f"{where}.{head}" if where else head)
@@ -253,7 +256,8 @@ def build_policy(
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if base.suffix in (".yaml", ".yml") or base.is_file():
         base = base.parent
-    plan = (registry or KeySourceRegistry()).plan(cfg.providers, base_dir=base)
+    registry = registry if registry is not None else KeySourceRegistry()
+    plan = registry.plan(cfg.providers, base_dir=base)
     providers = {name: _compile_provider(name, p, plan.sources[name]) for name, p in cfg.providers.items()}
     upstreams: dict[str, Upstream] = {}
     compiled = [_compile_route(i, r, cfg, upstreams) for i, r in enumerate(cfg.routes)]
@@ -289,6 +293,7 @@ def build_policy(
         ),
         headers=headers,
         keys=plan,
+        registry=registry,
         trusted_proxies=TrustedProxies(cfg.proxy.trusted_proxies),
         upstream_ssl=upstream_ssl,
     )

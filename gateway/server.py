@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,9 +42,12 @@ def uvicorn_config(app: Any, host: str, port: int, cfg: GatewayConfig, **extra: 
         port=port,
         loop="none",
         http="httptools",
+        interface="asgi3",
         lifespan="on" if isinstance(app, GatewayApp) else "off",
         proxy_headers=False,
         server_header=False,
+        # The upstream's Date passes through; the gateway dates its own answers (problem.py).
+        date_header=not isinstance(app, GatewayApp),
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=max(1, int(cfg.proxy.shutdown_timeout)),
@@ -52,15 +56,26 @@ def uvicorn_config(app: Any, host: str, port: int, cfg: GatewayConfig, **extra: 
 
 
 async def run_servers(
-    app: GatewayApp, cfg: GatewayConfig, *, host: str, port: int, config_path: str | None = None
+    app: GatewayApp,
+    cfg: GatewayConfig,
+    *,
+    host: str,
+    port: int,
+    config_path: str | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Serve the gateway (and its admin listener) until SIGINT/SIGTERM; reload on SIGHUP."""
+    """Serve the gateway (and its admin listener) until SIGINT/SIGTERM; reload on SIGHUP.
+
+    ``sockets``: already-bound listening sockets (proxied port, then admin port) shared by
+    worker processes; otherwise the servers bind ``host:port`` and ``admin.host:admin.port``.
+    """
     main = uvicorn.Server(uvicorn_config(app, host, port, cfg))
     admin: uvicorn.Server | None = None
     admin_task: asyncio.Task[None] | None = None
     if cfg.admin.enabled:
         admin = _SecondaryServer(uvicorn_config(AdminApp(app), cfg.admin.host, cfg.admin.port, cfg))
-        admin_task = asyncio.create_task(admin.serve())
+        admin_sockets = [sockets[1]] if sockets is not None and len(sockets) > 1 else None
+        admin_task = asyncio.create_task(admin.serve(sockets=admin_sockets))
     loop = asyncio.get_running_loop()
     if config_path is not None:
         from gateway.reload import Reloader
@@ -71,7 +86,7 @@ async def run_servers(
         if cfg.watch:
             reloader.watch()
     try:
-        await main.serve()
+        await main.serve(sockets=[sockets[0]] if sockets else None)
     finally:
         if admin is not None and admin_task is not None:
             admin.should_exit = True

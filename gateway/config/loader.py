@@ -43,9 +43,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
                 None, None, "a mapping key must be a scalar", key_node.start_mark
             ) from None
         if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 
@@ -109,7 +107,9 @@ def validation_error(exc: ValidationError, file: str) -> ConfigError:
     errors = exc.errors(include_input=False, include_url=False)
     first = errors[0]
     more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return ConfigError(_message(first) + more, file=file, path=format_loc(tuple(first["loc"])) or "(top level)")
+    return ConfigError(
+        _message(first) + more, file=file, path=format_loc(tuple(first["loc"])) or "(top level)"
+    )
 
 
 def parse_config(text: str, *, file: str = "<string>", env: Mapping[str, str] | None = None) -> GatewayConfig:

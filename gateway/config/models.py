@@ -606,15 +606,11 @@ class GatewayConfig(Strict):
     def _references(self) -> GatewayConfig:
         nulls = [name for name, p in self.providers.items() if p.issuer is None]
         if len(nulls) > 1:
-            raise ValueError(
-                f"only one provider may have `issuer: null` (tokens are routed by iss): {nulls}"
-            )
+            raise ValueError(f"only one provider may have `issuer: null` (tokens are routed by iss): {nulls}")
         issuers: dict[str, str] = {}
         for name, p in self.providers.items():
             if p.issuer is not None:
                 if p.issuer in issuers:
-                    raise ValueError(
-                        f"providers {issuers[p.issuer]!r} and {name!r} have the same issuer"
-                    )
+                    raise ValueError(f"providers {issuers[p.issuer]!r} and {name!r} have the same issuer")
                 issuers[p.issuer] = name
         return self

@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
+from email.utils import formatdate
 
 from gateway.errors import GatewayError, KeysUnavailable
 
 PROBLEM_JSON = b"application/problem+json"
 
 # RFC 6750 §3: error_description and scope use %x20-21 / %x23-5B / %x5D-7E (no '"' or '\').
-_UNSAFE_PARAM = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_UNSAFE_PARAM = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 def _param(value: str) -> str:
     return _UNSAFE_PARAM.sub("?", value)
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The current IMF-fixdate, cached per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +81,7 @@ def render_error(error: GatewayError, *, realm: str, request_id: str | None = No
         (b"content-type", PROBLEM_JSON),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
+        (b"date", http_date()),
     ]
     value = challenge(error, realm)
     if value is not None:

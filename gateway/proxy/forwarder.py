@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.errors import LimitExceeded, RequestError, UpstreamError
-from gateway.proxy.headers import TrustedProxies, strip_hop_by_hop, strip_hop_by_hop_response
+from gateway.proxy.headers import Forwarding, TrustedProxies, strip_hop_by_hop_response, strip_request_headers
 from gateway.proxy.pool import Origin, UpstreamPool
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -49,24 +50,26 @@ class UpstreamRequest:
 
 
 def build_headers(
-    client_headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
+    client_headers: Sequence[tuple[bytes, bytes]],
     *,
-    strip_inbound: object,
-    forwarding: list[tuple[bytes, bytes]],
+    strip_inbound: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]],
+    forwarding: Forwarding,
     claim_headers: list[tuple[bytes, bytes]],
     request_id: bytes,
     host: bytes,
 ) -> list[tuple[bytes, bytes]]:
     """Assemble upstream request headers, in the only safe order.
 
-    Hop-by-hop removal runs on the client's list *before* the gateway adds its own headers, so
-    ``Connection: X-User-Id`` can never delete a gateway-set header.
+    Hop-by-hop removal (and every header ``Connection`` nominates) runs on the client's list
+    *before* the gateway adds its own headers, so ``Connection: X-User-Id`` can never delete a
+    gateway-set header; the client's forwarding headers go too (the gateway regenerates them
+    from the real peer); then every spoofable identity header; then the gateway's own.
     """
-    headers = strip_hop_by_hop(client_headers)
-    headers = strip_inbound(headers)  # type: ignore[operator]
+    headers = strip_request_headers(client_headers, trusted_peer=forwarding.trusted_peer)
+    headers = strip_inbound(headers)
     headers = [h for h in headers if h[0] != _REQUEST_ID]
     headers.append((b"host", host))
-    headers.extend(forwarding)
+    headers.extend(forwarding.headers)
     headers.extend(claim_headers)
     headers.append((_REQUEST_ID, request_id))
     return headers
@@ -103,9 +106,14 @@ class Forwarder:
         """
         result = ForwardResult()
         content_length, has_body = _framing(scope["headers"])
-        if content_length is not None and self.max_body_bytes is not None and content_length > self.max_body_bytes:
+        if (
+            content_length is not None
+            and self.max_body_bytes is not None
+            and content_length > self.max_body_bytes
+        ):
             raise LimitExceeded(f"the request body exceeds {self.max_body_bytes} bytes")
-        body = _body(receive, content_length, self.max_body_bytes) if has_body else None
+        state = _Body(receive, content_length, self.max_body_bytes)
+        body = state.iterate() if has_body else None
         started = time.perf_counter()
         response = await self.pool.request(
             request.origin,
@@ -117,17 +125,17 @@ class Forwarder:
             retry_connect=request.retry_connect,
         )
         result.upstream_status = response.status
-        watcher: asyncio.Future[object] | None = None
+        watcher: asyncio.Future[Any] | None = None
         current = asyncio.current_task()
 
-        def client_gone(_future: asyncio.Future[object]) -> None:
+        def client_gone(_future: asyncio.Future[Any]) -> None:
             if current is not None:
                 current.cancel()
 
         try:
             # Once the body is consumed, a pending receive() resolves only on disconnect: use it
             # to cancel the upstream exchange as soon as the client goes away.
-            if current is not None and (body is None or body_done(body)):
+            if current is not None and (body is None or state.done):
                 watcher = asyncio.ensure_future(receive())
                 watcher.add_done_callback(client_gone)
             await send(
@@ -139,13 +147,18 @@ class Forwarder:
             )
             try:
                 if response.has_body():
-                    async for chunk in response.aiter_body():
-                        if chunk:
-                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    # The last chunk carries more_body=False: no extra empty message.
+                    done = False
+                    while not done:
+                        chunk = await response.read_chunk()
+                        done = not chunk or response.at_eof
+                        if chunk or done:
+                            await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
             except UpstreamError:
                 result.aborted = True
                 raise
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if watcher is None or not watcher.done() or current is None:
                 raise
@@ -174,14 +187,14 @@ class _Body:
         self.seen = 0
         self.done = False
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def iterate(self) -> AsyncIterator[bytes]:
+        """Yield the body's chunks as they arrive."""
         while not self.done:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                raise RequestError("the client disconnected while sending the body", reason="client_disconnected")
+                raise RequestError(
+                    "the client disconnected while sending the body", reason="client_disconnected"
+                )
             chunk = message.get("body", b"")
             self.seen += len(chunk)
             if self.limit is not None and self.seen > self.limit:
@@ -190,15 +203,6 @@ class _Body:
                 self.done = True
             if chunk:
                 yield chunk
-
-
-def body_done(body: AsyncIterator[bytes]) -> bool:
-    """True once the client's body has been read to its end."""
-    return isinstance(body, _Body) and body.done
-
-
-def _body(receive: Receive, content_length: int | None, limit: int | None) -> AsyncIterator[bytes]:
-    return _Body(receive, content_length, limit)
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:

@@ -31,10 +31,9 @@ LENGTH = 1
 CHUNKED = 2
 UNTIL_CLOSE = 3
 
-#: Reading from the upstream pauses while this many body bytes wait for the consumer...
+#: Reading from the upstream pauses while more body bytes than this wait for the consumer, and
+#: resumes when the consumer takes them (it takes everything buffered at once).
 READ_HIGH_WATER = 256 * 1024
-#: ...and resumes once the consumer has taken them.
-READ_LOW_WATER = 64 * 1024
 
 _PROTOCOL_ERROR = "upstream_protocol_error"
 _ABORTED = "upstream_aborted"

@@ -89,7 +89,10 @@ def test_several_errors_are_counted_on_one_line() -> None:
 
 
 def test_secret_value_is_not_echoed() -> None:
-    text = "providers:\n  dj:\n    issuer: null\n    secret: s3cr3t-value-that-must-not-leak\n    algorithms: [RS256]\n    audience: any\n"
+    text = (
+        "providers:\n  dj:\n    issuer: null\n    secret: s3cr3t-value-that-must-not-leak\n"
+        "    algorithms: [RS256]\n    audience: any\n"
+    )
     line = error_of(text)
     assert "s3cr3t" not in line
     assert line.startswith("gw.yaml: providers.dj: ")

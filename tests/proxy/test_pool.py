@@ -296,22 +296,26 @@ def test_content_length_response(run: Run) -> None:
 
 
 def test_body_arriving_in_pieces_streams_as_it_arrives(run: Run) -> None:
-    async def trickle(conn: ServerConn) -> None:
-        await conn.read_request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for event in (b"data: 1\n\n", b"data: 2\n\n"):
-            await conn.send(b"%x\r\n%s\r\n" % (len(event), event))
-            await asyncio.sleep(0.05)
-        await conn.send(b"0\r\n\r\n")
-        await conn.at_eof()
+    """Server-sent events: the consumer holds event 1 before the upstream produces event 2."""
 
     async def scenario() -> None:
-        async with RawServer(trickle) as server:
+        consumer_has_first = asyncio.Event()
+
+        async def events(conn: ServerConn) -> None:
+            await conn.read_request()
+            await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await conn.send(b"9\r\ndata: 1\n\n\r\n")
+            await consumer_has_first.wait()
+            await conn.send(b"9\r\ndata: 2\n\n\r\n0\r\n\r\n")
+            await conn.at_eof()
+
+        async with RawServer(events) as server:
             pool = make_pool()
             origin = server.origin()
             response = await pool.request(origin, "GET", b"/events", host(origin))
             assert await response.read_chunk() == b"data: 1\n\n"
             eof_after_first = response.at_eof
+            consumer_has_first.set()
             assert await response.read_chunk() == b"data: 2\n\n"
             assert await response.read_chunk() == b""
             eof_at_end = response.at_eof
@@ -665,7 +669,9 @@ def test_upstream_closing_before_the_head_is_unavailable(run: Run, sent: bytes) 
     run(scenario())
 
 
-@pytest.mark.parametrize("greeting", [b"", b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 408 Request Timeout\r\n\r\n"])
+@pytest.mark.parametrize(
+    "greeting", [b"", b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 408 Request Timeout\r\n\r\n"]
+)
 def test_upstream_talking_or_closing_before_the_request_is_unavailable(run: Run, greeting: bytes) -> None:
     async def rude(conn: ServerConn) -> None:
         if greeting:
@@ -778,18 +784,18 @@ def test_read_timeout_in_the_middle_of_the_body(run: Run) -> None:
 def test_read_timeout_is_between_bytes_not_total(run: Run) -> None:
     async def slow_but_steady(conn: ServerConn) -> None:
         while await conn.read_request() is not None:
-            await conn.send(H200 + b"Content-Length: 8\r\n\r\n")
-            for i in range(8):
-                await asyncio.sleep(0.06)
+            await conn.send(H200 + b"Content-Length: 6\r\n\r\n")
+            for i in range(6):
+                await asyncio.sleep(0.1)
                 await conn.send(b"%d" % i)
 
     async def scenario() -> None:
         async with RawServer(slow_but_steady) as server:
-            pool = make_pool(read_timeout=0.25)
+            pool = make_pool(read_timeout=0.5)
             origin = server.origin()
             for _ in range(2):  # the second exchange re-arms the connection's lazy timer
-                _, body = await fetch(pool, origin)
-                assert body == b"01234567"
+                _, body = await fetch(pool, origin)  # 0.6 s in all, never 0.5 s without a byte
+                assert body == b"012345"
             assert server.accepted == 1
             await pool.aclose()
 
