@@ -24,8 +24,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# .dockerignore lets through only pyproject.toml, README.md and gateway/: no tests, no
-# benchmarks, no local venv or caches.
+# .dockerignore lets through only pyproject.toml, README.md, LICENSE and gateway/: no tests,
+# no benchmarks, no local venv or caches.
 COPY . .
 
 # A wheel of the project (the build backend is fetched into an isolated build env and stays

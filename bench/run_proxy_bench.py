@@ -92,9 +92,6 @@ VERIFYING_TARGETS = frozenset({"naive", "apache", "gateway"})
 #: Ratios reported: gateway / each of these.
 RATIO_PEERS = ("apache", "naive", "nginx-proxy")
 
-#: Pause before redoing a run disturbed by other work on the machine.
-NOISE_PAUSE_S = 5.0
-
 #: Big access logs are emptied between runs so a long bench does not fill the disk.
 LOG_TRUNCATE_BYTES = 8 * 1024 * 1024
 
@@ -780,6 +777,19 @@ class Measurement:
     noise: dict[str, float]
 
 
+def wait_for_quiet(pgids: frozenset[int], threshold: float, max_wait_s: float) -> float:
+    """Before a run: sample the foreign load for 1 s at a time until it is at most
+    ``threshold`` cores or ``max_wait_s`` has passed. Returns the seconds waited."""
+    started = time.monotonic()
+    while True:
+        probe = NoiseProbe(pgids)
+        time.sleep(1.0)
+        noise = probe.read()
+        waited = time.monotonic() - started
+        if noise["other_cores"] + noise["steal_cores"] <= threshold or waited >= max_wait_s:
+            return waited
+
+
 def measure(
     target: Target,
     token: str,
@@ -788,11 +798,15 @@ def measure(
     pgids: frozenset[int],
     round_no: int,
 ) -> tuple[Measurement, list[Measurement]]:
-    """Warm up, then time one run; a run during which other processes used more than
-    ``--noise-threshold`` cores is redone (up to ``--noise-retries`` times) after a pause.
-    Returns the kept run and the discarded noisy ones."""
+    """Wait for a quiet machine (up to ``--quiet-wait`` s), warm up, then time one run; a run
+    during which other processes used more than ``--noise-threshold`` cores is redone (up to
+    ``--noise-retries`` times). Returns the kept run and the discarded noisy ones."""
     discarded: list[Measurement] = []
     while True:
+        if args.quiet_wait > 0:
+            waited = wait_for_quiet(pgids, args.noise_threshold, args.quiet_wait)
+            if waited > 1.5:
+                log(f"round {round_no}/{args.rounds} {target.name:<12} waited {waited:.0f} s for other work")
         run_wrk(target.url, token, args.warmup, args.connections, args.threads, layout.client_cpu)
         probe = NoiseProbe(pgids)
         result = run_wrk(target.url, token, args.duration, args.connections, args.threads, layout.client_cpu)
@@ -804,10 +818,9 @@ def measure(
             return run, discarded
         log(
             f"round {round_no}/{args.rounds} {target.name:<12} noisy: {noise:.2f} cores busy "
-            f"elsewhere ({result.requests_per_sec:,.0f} req/s discarded); again in {NOISE_PAUSE_S:g} s"
+            f"elsewhere ({result.requests_per_sec:,.0f} req/s discarded); again"
         )
         discarded.append(run)
-        time.sleep(NOISE_PAUSE_S)
 
 
 @dataclass
@@ -965,6 +978,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--noise-retries", type=int, default=2, help="how often a noisy run is redone (default 2)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each run, wait up to this many seconds for other work to drop under "
+        "the noise threshold (0: do not wait; default 30)",
     )
     parser.add_argument("--startup-timeout", type=float, default=20.0, help="seconds to wait for a server")
     parser.add_argument("--keep-work", action="store_true", help="keep the bench/.work/ directory")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from gateway.auth.extract import extract_token
-from gateway.auth.types import VerifiedToken
+from gateway.auth.types import Claims, VerifiedToken
 from gateway.errors import (
     GatewayError,
     PathNotCanonical,
@@ -142,17 +142,50 @@ class Pipeline:
             return self._deny(route, path, params, exc, verify_seconds=time.perf_counter() - started)
         return self._after_verify(policy, route, path, params, verified, time.perf_counter() - started)
 
+    def decide_with_claims(
+        self, view: RequestView, claims: Claims, *, provider: str = "(claims)"
+    ) -> Decision:
+        """Decide ``view`` as if it carried a token that verified to ``claims``.
+
+        For ``jwt-gateway explain --claims`` and policy tests, never for serving: no token is
+        looked for and nothing about ``claims`` is checked (no signature, ``exp``, ``iss``,
+        ``aud`` or provider claims); every other step (path, route, auth mode, rule, claim
+        headers, report-only) is the one :meth:`decide` runs.
+        """
+        policy = self.policy
+        early, route, path, params, _ = self._before_verify(policy, view, claims_given=True)
+        if early is not None:
+            return early
+        assert route is not None and path is not None
+        verified = VerifiedToken(provider=provider, claims=claims, header={}, expires_at=None)
+        return self._after_verify(policy, route, path, params, verified, 0.0)
+
     # ---------------------------------------------------------------------------- the steps
 
     def _before_verify(
-        self, policy: Policy, view: RequestView
+        self, policy: Policy, view: RequestView, *, claims_given: bool = False
     ) -> tuple[Decision | None, CompiledRoute | None, str | None, Mapping[str, str], str | None]:
         try:
             path = canonical_path(view.raw_path, policy.normalize)
         except PathNotCanonical as exc:
             return Decision("denied", error=exc), None, None, _EMPTY, None
         host = view.header(b"host")
-        match = policy.routes.match(view.method, path, host.decode("latin-1") if host else None)
+        host_name = host.decode("latin-1") if host else None
+        if _is_preflight(view):
+            # A CORS preflight asks about the route of the method it announces, which need not
+            # list OPTIONS: let it through untokened only when that route allows preflights.
+            announced = view.header(b"access-control-request-method") or b""
+            target = policy.routes.match(announced.decode("latin-1").strip(), path, host_name)
+            if target is not None and target.payload.cors_preflight and target.payload.auth != "deny":
+                route = target.payload
+                return (
+                    Decision("allowed", route=route, path=path, params=target.params),
+                    None,
+                    path,
+                    target.params,
+                    None,
+                )
+        match = policy.routes.match(view.method, path, host_name)
         if match is None:
             return Decision("denied", path=path, error=policy.route_not_found()), None, path, _EMPTY, None
         route, params = match.payload, match.params
@@ -164,8 +197,10 @@ class Pipeline:
                 params,
                 None,
             )
-        if route.auth == "public" or (route.cors_preflight and _is_preflight(view)):
+        if route.auth == "public":
             return Decision("allowed", route=route, path=path, params=params), None, path, params, None
+        if claims_given:
+            return None, route, path, params, ""
         try:
             token = extract_token(view.headers, view.query, route.locations, policy.max_token_bytes)
         except GatewayError as exc:

@@ -16,12 +16,12 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from gateway.auth.claim_headers import ClaimHeaders, compile_headers
 from gateway.auth.extract import TokenLocations
-from gateway.auth.keys import KeySource, KeySourcePlan, KeySourceRegistry
+from gateway.auth.keys import KeyEvents, KeySource, KeySourcePlan, KeySourceRegistry
 from gateway.auth.rules import CompiledRule, compile_rule
 from gateway.auth.types import ProviderPolicy
 from gateway.auth.verify import Verifier
@@ -32,6 +32,17 @@ from gateway.proxy.pool import Origin, build_ssl_context
 from gateway.routing.table import RouteTable, compile_path_pattern
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class PolicyEvents(KeyEvents, Protocol):
+    """Metrics hooks a compiled policy wires in (see :class:`gateway.metrics.GatewayMetrics`):
+    key-source events, and one call per verified-token cache lookup. Calls must be cheap."""
+
+    def token_cache_hit(self) -> None:
+        """A token was found in the verified-token cache."""
+
+    def token_cache_miss(self) -> None:
+        """A token was not in the verified-token cache (or its entry had expired)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +197,7 @@ def _compile_provider(name: str, provider: Provider, source: KeySource) -> Provi
 
 
 def _compile_route(
-    index: int, route: Route, cfg: GatewayConfig, upstreams: dict[str, Upstream]
+    index: int, route: Route, cfg: GatewayConfig, upstreams: dict[str, Upstream], *, require_upstream: bool
 ) -> CompiledRoute:
     where = f"routes[{index}]"
     if route.providers is not None:
@@ -200,7 +211,8 @@ def _compile_route(
         raise ConfigError("this route needs a token but no provider is configured", path=f"{where}.auth")
     url = route.upstream or cfg.upstream
     upstream: Upstream | None = None
-    if route.auth != "deny":
+    # Middleware and forward-auth modes never forward: a route there may name no upstream.
+    if route.auth != "deny" and (url is not None or require_upstream):
         if url is None:
             raise ConfigError("no upstream: set routes[].upstream or the top-level upstream", path=where)
         if url not in upstreams:
@@ -248,19 +260,33 @@ def build_policy(
     *,
     base_dir: str | os.PathLike[str] | None = None,
     registry: KeySourceRegistry | None = None,
+    require_upstream: bool | None = None,
+    events: PolicyEvents | None = None,
 ) -> Policy:
     """Compile ``cfg``. Relative file paths are resolved against ``base_dir`` (a config file's
     directory, or the file itself). With the ``registry`` of the running gateway, remote key
     sources of unchanged providers are reused, so their caches survive a reload; the caller
-    commits the registry when the policy goes live."""
+    commits the registry when the policy goes live.
+
+    ``require_upstream``: whether every non-deny route needs an upstream. ``None`` (default):
+    yes, unless ``mode: forward_auth``; the ASGI/WSGI middlewares pass ``False`` (they never
+    forward).
+
+    ``events``: metrics hooks (key fetches and token-cache lookups); a new registry is created
+    with them (a passed ``registry`` keeps the hooks it was created with)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if base.suffix in (".yaml", ".yml") or base.is_file():
         base = base.parent
-    registry = registry if registry is not None else KeySourceRegistry()
+    registry = registry if registry is not None else KeySourceRegistry(events=events)
     plan = registry.plan(cfg.providers, base_dir=base)
     providers = {name: _compile_provider(name, p, plan.sources[name]) for name, p in cfg.providers.items()}
     upstreams: dict[str, Upstream] = {}
-    compiled = [_compile_route(i, r, cfg, upstreams) for i, r in enumerate(cfg.routes)]
+    if require_upstream is None:
+        require_upstream = cfg.mode != "forward_auth"
+    compiled = [
+        _compile_route(i, r, cfg, upstreams, require_upstream=require_upstream)
+        for i, r in enumerate(cfg.routes)
+    ]
     table: RouteTable[CompiledRoute] = RouteTable(
         [(r.match, c) for r, c in zip(cfg.routes, compiled, strict=True)], normalize=cfg.paths.normalize
     )
@@ -281,7 +307,7 @@ def build_policy(
             )
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot build the upstream TLS context: {exc}", path="proxy.tls") from None
-    return Policy(
+    policy = Policy(
         cfg,
         routes=table,
         verifier=Verifier(
@@ -297,3 +323,7 @@ def build_policy(
         trusted_proxies=TrustedProxies(cfg.proxy.trusted_proxies),
         upstream_ssl=upstream_ssl,
     )
+    if events is not None and cfg.token_cache.enabled:
+        policy.verifier.on_cache_hit = events.token_cache_hit
+        policy.verifier.on_cache_miss = events.token_cache_miss
+    return policy

@@ -31,7 +31,7 @@ headers:
 routes:
   - {{name: closed, match: {{path: /closed/**}}, auth: deny}}
   - {{name: public, match: {{path: /public/**}}, auth: public}}
-  - {{name: cors, match: {{path: /cors/**}}, cors_preflight: true}}
+  - {{name: cors, match: {{path: /cors/**, methods: [POST]}}, cors_preflight: true}}
   - {{name: optional, match: {{path: /maybe/**}}, auth: optional}}
   - name: admin
     match: {{path: /admin/**}}
@@ -96,8 +96,14 @@ async def test_public_route_ignores_tokens_even_bad_ones(pipeline: Pipeline) -> 
 async def test_cors_preflight_passes_only_with_origin_and_request_method(pipeline: Pipeline) -> None:
     pre = view("OPTIONS", b"/cors/x", origin="https://app", access_control_request_method="POST")
     assert (await both(pipeline, pre)).outcome == "allowed"
+    # The preflight is judged by the route of the method it announces (which lists no OPTIONS).
+    assert (await both(pipeline, pre)).route.name == "cors"  # type: ignore[union-attr]
+    elsewhere = view("OPTIONS", b"/api/x", origin="https://app", access_control_request_method="GET")
+    assert isinstance((await both(pipeline, elsewhere)).error, RouteNotFound)
     plain = view("OPTIONS", b"/cors/x", origin="https://app")
-    assert isinstance((await both(pipeline, plain)).error, TokenMissing)
+    assert isinstance((await both(pipeline, plain)).error, RouteNotFound)
+    post = view("POST", b"/cors/x", origin="https://app", access_control_request_method="POST")
+    assert isinstance((await both(pipeline, post)).error, TokenMissing)
 
 
 async def test_optional_route(pipeline: Pipeline) -> None:

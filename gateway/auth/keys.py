@@ -28,7 +28,9 @@ The remote lifecycle (:class:`RemoteJWKS`), in short:
   succeeds. Failed fetches are retried in the background with exponential backoff
   (``retry_backoff`` doubling up to ``retry_backoff_max``, jittered). Recovery is automatic.
 - **Rotation**: a new kid is picked up by the one re-fetch it triggers; a withdrawn kid is gone
-  as soon as a fetch installs a set without it.
+  as soon as a fetch installs a set without it. Each source has a ``generation`` counter, bumped
+  whenever a different set is installed, and :meth:`holds` / :meth:`usable_for`, so that the
+  verifier's token cache can tell that a cached token's key was withdrawn (or went stale).
 
 Key selection (:class:`KeyIndex`): a token with a ``kid`` gets the key with that kid (or
 :class:`~gateway.errors.AlgorithmNotAllowed` when it is bound to another algorithm). A token
@@ -143,6 +145,11 @@ class KeyEvents(Protocol):
 # ------------------------------------------------------------------------------------ key index
 
 
+def _same_key(a: VerificationKey, b: VerificationKey) -> bool:
+    # cryptography's public keys compare by value (and are not hashable); HMAC keys are bytes.
+    return a is b or (a.alg == b.alg and a.kid == b.kid and a.kty == b.kty and a.prepared == b.prepared)
+
+
 class KeyIndex:
     """An immutable lookup table over one key set, built when the set is installed."""
 
@@ -171,6 +178,17 @@ class KeyIndex:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def holds(self, key: VerificationKey) -> bool:
+        """True when this set contains ``key``: same kid, algorithm, type and key material.
+
+        Compared by value, not identity: a re-fetched document builds new key objects for the
+        keys it still publishes.
+        """
+        if key.kid is not None:
+            found = self._by_kid.get(key.kid)
+            return found is not None and _same_key(found[0], key)
+        return any(_same_key(candidate, key) for candidate in self.keys if candidate.kid is None)
 
     def candidates(self, kid: str | None, alg: str) -> Sequence[VerificationKey]:
         """Keys to try for a token (see :class:`gateway.auth.types.KeyLookup`)."""
@@ -233,6 +251,8 @@ class StaticKeys:
         self.provider = provider
         self.source = source
         self._index = KeyIndex(keys, allowed=algorithms, kidless_matches_any_kid=True)
+        #: Bumped whenever the installed key set changes: static keys never change.
+        self.generation = 0
 
     @property
     def keys(self) -> tuple[VerificationKey, ...]:
@@ -242,6 +262,14 @@ class StaticKeys:
     def candidates(self, kid: str | None, alg: str) -> Sequence[VerificationKey]:
         """Keys to try for a token; never raises KeysUnavailable."""
         return self._index.candidates(kid, alg)
+
+    def holds(self, key: VerificationKey) -> bool:
+        """True when ``key`` is one of these keys."""
+        return self._index.holds(key)
+
+    def usable_for(self) -> float:
+        """Static keys stay usable for ever."""
+        return math.inf
 
     async def refresh_on_miss(self) -> bool:
         """Static keys never change: always ``False``."""
@@ -441,6 +469,9 @@ class RemoteJWKS:
 
         self._snap: _Snapshot | None = None
         self._digest: bytes | None = None
+        #: Bumped each time a different key set is installed. The verifier's token cache
+        #: remembers it, so a cached token whose key was withdrawn is verified afresh.
+        self.generation = 0
         self._last_fetch_started: float | None = None
         self._last_outcome: str | None = None
         self._failures = 0
@@ -466,6 +497,18 @@ class RemoteJWKS:
                 "the signing keys of this issuer are not available", retry_after=self._retry_after()
             )
         return snap.index.candidates(kid, alg)
+
+    def holds(self, key: VerificationKey) -> bool:
+        """True when ``key`` is in the installed set and that set is still usable (no I/O)."""
+        snap = self._snap
+        if snap is None or self._clock() > snap.usable_until:
+            return False
+        return snap.index.holds(key)
+
+    def usable_for(self) -> float:
+        """Seconds the installed set stays usable without a successful fetch (0: none)."""
+        snap = self._snap
+        return 0.0 if snap is None else max(0.0, snap.usable_until - self._clock())
 
     async def refresh_on_miss(self) -> bool:
         """After an unknown kid: join the fetch in flight, or start one unless in the cooldown.
@@ -752,6 +795,10 @@ class RemoteJWKS:
             rejected=len(keyset.rejected),
         )
         self._digest = digest
+        if changed:
+            # After the new snapshot is in place: a verification that read the old generation
+            # may have used the old keys, and its cache entry will then be checked again.
+            self.generation += 1
         self._failures = 0
         self._record(started, "ok")
         if changed:

@@ -15,7 +15,11 @@ One verification, in order (cheap and key-free checks first)::
 
 Keys are bound to their issuer because a token only ever meets the keys of the provider its
 ``iss`` names. The cache is keyed by the exact token string and stores verification only,
-never authorisation: route rules run on every request.
+never authorisation: route rules run on every request. An entry lives until the earliest of
+the token's ``exp``, the cache TTL and the end of its key set's usability (``max_stale``), and
+remembers its key and the key source's ``generation``: when a refresh installs a different set,
+the next hit checks that the key is still published (a dict lookup), else the token is verified
+afresh, so a withdrawn key is refused after the next refresh even for cached tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from cachetools import LRUCache
 
@@ -42,10 +46,39 @@ from gateway.errors import (
     UnknownKid,
 )
 
-__all__ = ["CompiledPolicy", "Verifier", "check_claims", "verify_jws_signature", "verify_signature"]
+__all__ = [
+    "CompiledPolicy",
+    "KeyGenerations",
+    "Verifier",
+    "check_claims",
+    "verify_jws_signature",
+    "verify_signature",
+]
 
 _MISSING: Any = object()
 _DEFAULT_MAX_TOKEN_BYTES = 8 * 1024
+
+
+@runtime_checkable
+class KeyGenerations(Protocol):
+    """What the token cache needs from a key source to notice withdrawn or stale keys.
+
+    :class:`gateway.auth.keys.StaticKeys` and :class:`gateway.auth.keys.RemoteJWKS` have it.
+    A source without it (a bare :class:`KeyLookup`) is trusted for the cache entry's lifetime.
+    """
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the installed key set changes."""
+        ...
+
+    def holds(self, key: VerificationKey) -> bool:
+        """True when ``key`` is still among the source's usable keys (no I/O)."""
+        ...
+
+    def usable_for(self) -> float:
+        """Seconds the installed keys stay usable without a successful fetch."""
+        ...
 
 
 def _normalise_typ(value: str) -> str:
@@ -69,12 +102,16 @@ class CompiledPolicy:
         "require_exp",
         "required_claims",
         "typ",
+        "versioned",
     )
 
     def __init__(self, policy: ProviderPolicy) -> None:
         self.name: str = policy.name
         self.issuer: str | None = policy.issuer
         self.keys: KeyLookup = policy.keys
+        self.versioned: KeyGenerations | None = (
+            policy.keys if isinstance(policy.keys, KeyGenerations) else None
+        )
         self.algorithms: frozenset[str] = frozenset(policy.algorithms)
         if "none" in {alg.lower() for alg in self.algorithms}:
             raise ConfigError(f"provider {policy.name!r}: 'none' is never an allowed algorithm")
@@ -230,13 +267,33 @@ def check_claims(policy: CompiledPolicy, claims: Claims, now: float) -> float | 
 
 
 class _Entry:
-    __slots__ = ("deadline", "leeway", "nbf", "verified")
+    """One verified token. ``source``/``generation``/``key`` let a hit notice that the key set
+    changed since: the key is then looked up again (withdrawn: the entry is dropped)."""
 
-    def __init__(self, deadline: float, verified: VerifiedToken, nbf: float | None, leeway: float):
+    __slots__ = ("deadline", "generation", "key", "leeway", "nbf", "source", "verified")
+
+    def __init__(
+        self,
+        deadline: float,
+        verified: VerifiedToken,
+        nbf: float | None,
+        leeway: float,
+        source: KeyGenerations | None,
+        generation: int,
+        key: VerificationKey,
+    ) -> None:
         self.deadline = deadline
         self.verified = verified
         self.nbf = nbf
         self.leeway = leeway
+        self.source = source
+        self.generation = generation
+        self.key = key
+
+
+def _generation_of(policy: CompiledPolicy) -> int:
+    source = policy.versioned
+    return 0 if source is None else source.generation
 
 
 # -------------------------------------------------------------------------------- verifier
@@ -281,6 +338,10 @@ class Verifier:
         )
         # cachetools is not thread-safe and verify_blocking runs on WSGI worker threads.
         self._lock = threading.Lock()
+        #: Optional metrics hooks, one call per cache lookup that found a usable entry / none
+        #: (set by ``build_policy`` only when the cache is on; must be cheap and never raise).
+        self.on_cache_hit: Callable[[], object] | None = None
+        self.on_cache_miss: Callable[[], object] | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -292,14 +353,22 @@ class Verifier:
         """
         hit = self._cached(token, allowed)
         if hit is not None:
+            if self.on_cache_hit is not None:
+                self.on_cache_hit()
             return hit
+        if self.on_cache_miss is not None:
+            self.on_cache_miss()
         parsed, policy = self._route(token, allowed)
         keys = policy.keys
+        # The generation is read before the keys: a set installed in between makes the cache
+        # entry look older than it is (checked again on its next hit), never newer.
+        generation = _generation_of(policy)
         candidates = keys.candidates(parsed.kid, parsed.alg)
         if not candidates:
             await keys.refresh_on_miss()
+            generation = _generation_of(policy)
             candidates = keys.candidates(parsed.kid, parsed.alg)
-        return self._complete(token, parsed, policy, candidates)
+        return self._complete(token, parsed, policy, candidates, generation)
 
     def verify_blocking(self, token: str, allowed: frozenset[str] | None = None) -> VerifiedToken:
         """:meth:`verify` for synchronous callers (WSGI).
@@ -308,16 +377,22 @@ class Verifier:
         """
         hit = self._cached(token, allowed)
         if hit is not None:
+            if self.on_cache_hit is not None:
+                self.on_cache_hit()
             return hit
+        if self.on_cache_miss is not None:
+            self.on_cache_miss()
         parsed, policy = self._route(token, allowed)
         keys = policy.keys
+        generation = _generation_of(policy)
         candidates = keys.candidates(parsed.kid, parsed.alg)
         if not candidates:
             refresh: Callable[[], object] | None = getattr(keys, "refresh_on_miss_sync", None)
             if refresh is not None:
                 refresh()
+                generation = _generation_of(policy)
                 candidates = keys.candidates(parsed.kid, parsed.alg)
-        return self._complete(token, parsed, policy, candidates)
+        return self._complete(token, parsed, policy, candidates, generation)
 
     def clear_cache(self) -> None:
         """Forget every verified token (e.g. after a key was withdrawn)."""
@@ -347,6 +422,15 @@ class Verifier:
             with self._lock:
                 cache.pop(token, None)
             return None
+        source = entry.source
+        if source is not None and source.generation != entry.generation:
+            # The key set changed since this token was verified: is its key still there?
+            generation = source.generation
+            if not source.holds(entry.key):
+                with self._lock:
+                    cache.pop(token, None)
+                return None  # verified afresh: answers unknown_kid, bad_signature or 503
+            entry.generation = generation
         verified = entry.verified
         if allowed is not None and verified.provider not in allowed:
             raise IssuerMismatch("the token's issuer is not accepted here", reason="issuer_not_allowed")
@@ -381,8 +465,9 @@ class Verifier:
         parsed: ParsedJWS,
         policy: CompiledPolicy,
         candidates: Sequence[VerificationKey],
+        generation: int,
     ) -> VerifiedToken:
-        verify_signature(candidates, parsed.alg, parsed.signing_input, parsed.signature)
+        key = verify_signature(candidates, parsed.alg, parsed.signing_input, parsed.signature)
         now = self._clock()
         claims = parsed.claims
         exp = check_claims(policy, claims, now)
@@ -390,9 +475,21 @@ class Verifier:
         cache = self._cache
         if cache is not None:
             deadline = now + self._ttl if exp is None else min(now + self._ttl, exp)
+            source = policy.versioned
+            if source is not None:
+                # Keys served stale must not outlive max_stale through the cache either.
+                deadline = min(deadline, now + source.usable_for())
             if deadline > now:
                 nbf = claims.get("nbf")
-                entry = _Entry(deadline, verified, None if nbf is None else float(nbf), policy.leeway)
+                entry = _Entry(
+                    deadline,
+                    verified,
+                    None if nbf is None else float(nbf),
+                    policy.leeway,
+                    source,
+                    generation,
+                    key,
+                )
                 with self._lock:
                     cache[token] = entry
         return verified

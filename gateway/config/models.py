@@ -570,12 +570,33 @@ class ForwardAuth(Strict):
     #: Peers allowed to name the original method/URI (CIDRs). Others are refused.
     trusted_sources: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or "?" in v or "#" in v:
+            raise ValueError("the forward-auth path must start with / and have no query")
+        return v
+
+    @field_validator("trusted_sources")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network (CIDR)") from None
+        return v
+
 
 class GatewayConfig(Strict):
     """The whole ``gateway.yaml``."""
 
     listen: Listen = Field(default_factory=Listen)
     admin: Admin = Field(default_factory=Admin)
+    #: ``proxy``: decide, then forward to the upstream (``forward_auth.enabled`` adds a
+    #: forward-auth path). ``forward_auth``: every request on the port is a forward-auth call;
+    #: nothing is ever forwarded, and routes need no upstream.
+    mode: Literal["proxy", "forward_auth"] = "proxy"
     #: Default upstream for routes that name none (http://, https:// or unix:/path.sock).
     upstream: str | None = None
     #: ``realm`` of the WWW-Authenticate challenge.

@@ -2,18 +2,23 @@
 
 The forwarder builds the upstream request from scratch: the client's headers minus hop-by-hop
 headers (and every header ``Connection`` nominates), minus every spoofable identity header,
-then the gateway's own forwarding, identity and request-id headers. The target is the exact
-canonical path the route was matched on (after the route's prefix rewrite) plus the raw query
-string, written byte for byte: nothing re-resolves it on the way.
+then the gateway's own forwarding, identity and request-id headers (:class:`HeaderPlan`). The
+target is the exact canonical path the route was matched on (after the route's prefix rewrite)
+plus the raw query string, written byte for byte: nothing re-resolves it on the way.
 
-Bodies stream both ways through :class:`~gateway.proxy.pool.UpstreamPool`; size limits are
-enforced while streaming.
+Bodies stream both ways through :class:`~gateway.proxy.pool.UpstreamPool`, never buffered
+whole; the body limit is enforced while streaming (and before reading anything when the
+declared ``Content-Length`` is already over it). The client's framing headers are never
+forwarded: the pool re-derives ``Content-Length`` or chunked framing from what it sends.
+
+A client that goes away cancels the upstream exchange: its connection is closed, never reused.
+Watching for that costs a task, so it starts only when the exchange is still running a few
+milliseconds after it began (a streamed or slow response), not for the common quick answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -21,158 +26,268 @@ from typing import Any
 
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.errors import LimitExceeded, RequestError, UpstreamError
-from gateway.proxy.headers import Forwarding, TrustedProxies, strip_hop_by_hop_response, strip_request_headers
+from gateway.proxy.headers import (
+    FORWARDING_HEADERS,
+    HOP_BY_HOP,
+    REGENERATED_FORWARDING,
+    strip_hop_by_hop_response,
+)
 from gateway.proxy.pool import Origin, UpstreamPool
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+__all__ = ["ForwardResult", "Forwarder", "HeaderPlan"]
+
 _REQUEST_ID = b"x-request-id"
+_HOST = b"host"
+_CONNECTION = b"connection"
+_OWS = b" \t"
+#: Dropped from every client request: hop-by-hop, framing (re-derived), Host (the upstream's
+#: or, with preserve_host, re-set), the client's request id (the gateway sets its own).
+_ALWAYS_DROPPED = HOP_BY_HOP | {b"content-length", _HOST, _REQUEST_ID}
+_DROP_FROM_TRUSTED = _ALWAYS_DROPPED | REGENERATED_FORWARDING
+_DROP_FROM_UNTRUSTED = _ALWAYS_DROPPED | FORWARDING_HEADERS
+_NAME_CACHE_MAX = 1024
+#: A response still running after this long gets a disconnect watcher.
+WATCH_AFTER = 0.005
+_START = "http.response.start"
+_BODY = "http.response.body"
+
+
+class HeaderPlan:
+    """Which client headers cross, for one policy: one pass per request, decisions cached.
+
+    Removes hop-by-hop headers and every header ``Connection`` nominates *before* the gateway
+    adds its own (so ``Connection: X-User-Id`` cannot delete a gateway-set header), the client's
+    ``Content-Length``/``Transfer-Encoding``/``Host``/``X-Request-Id``, its forwarding headers
+    (regenerated; ``X-Forwarded-Port/-Prefix`` and ``X-Real-IP`` kept only from a trusted
+    proxy), and everything ``drops_inbound`` says is spoofable (claim headers, prefixes,
+    underscores, the token header...).
+    """
+
+    __slots__ = ("_cache", "_drops_inbound")
+
+    def __init__(self, drops_inbound: Callable[[bytes], bool]) -> None:
+        self._drops_inbound = drops_inbound
+        # (name, trusted peer) -> dropped. Names come from a small vocabulary; bounded anyway.
+        self._cache: dict[tuple[bytes, bool], bool] = {}
+
+    def _drops(self, name: bytes, trusted_peer: bool) -> bool:
+        key = (name, trusted_peer)
+        drop = self._cache.get(key)
+        if drop is None:
+            drop = name in (_DROP_FROM_TRUSTED if trusted_peer else _DROP_FROM_UNTRUSTED) or (
+                self._drops_inbound(name)
+            )
+            if len(self._cache) < _NAME_CACHE_MAX:
+                self._cache[key] = drop
+        return drop
+
+    def build(
+        self,
+        client_headers: Sequence[tuple[bytes, bytes]],
+        *,
+        trusted_peer: bool,
+        host: bytes,
+        forwarding: Sequence[tuple[bytes, bytes]],
+        claim_headers: Sequence[tuple[bytes, bytes]],
+        request_id: bytes,
+    ) -> list[tuple[bytes, bytes]]:
+        """The upstream request headers: the client's that may cross, in order, then Host, the
+        forwarding headers, the claim headers and the request id."""
+        cache = self._cache
+        kept: list[tuple[bytes, bytes]] = []
+        nominated: list[bytes] | None = None
+        for item in client_headers:
+            name = item[0]
+            drop = cache.get((name, trusted_peer))
+            if drop is None:
+                drop = self._drops(name, trusted_peer)
+            if drop:
+                if name == _CONNECTION:
+                    if nominated is None:
+                        nominated = []
+                    nominated.append(item[1])
+                continue
+            kept.append(item)
+        if nominated is not None:
+            names = _nominated(nominated)
+            if names:
+                kept = [item for item in kept if item[0] not in names]
+        kept.append((_HOST, host))
+        kept += forwarding
+        kept += claim_headers
+        kept.append((_REQUEST_ID, request_id))
+        return kept
+
+
+def _nominated(values: list[bytes]) -> set[bytes]:
+    names: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(_OWS).lower()
+            if token:
+                names.add(token)
+    return names
 
 
 @dataclass(slots=True)
 class ForwardResult:
-    """What happened upstream, for the access log and metrics."""
+    """What happened upstream, for the access log and metrics (filled while forwarding)."""
 
     upstream_status: int | None = None
     upstream_seconds: float = 0.0
+    #: The response head went to the client: a failure now can only abort the connection.
+    response_started: bool = False
     #: True when the response started but could not be completed (client or upstream abort).
     aborted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    """Everything the forwarder needs besides the ASGI channel, prepared by the caller."""
-
-    origin: Origin
-    method: str
-    target: bytes
-    headers: list[tuple[bytes, bytes]]
-    retry_connect: bool
-
-
-def build_headers(
-    client_headers: Sequence[tuple[bytes, bytes]],
-    *,
-    strip_inbound: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]],
-    forwarding: Forwarding,
-    claim_headers: list[tuple[bytes, bytes]],
-    request_id: bytes,
-    host: bytes,
-) -> list[tuple[bytes, bytes]]:
-    """Assemble upstream request headers, in the only safe order.
-
-    Hop-by-hop removal (and every header ``Connection`` nominates) runs on the client's list
-    *before* the gateway adds its own headers, so ``Connection: X-User-Id`` can never delete a
-    gateway-set header; the client's forwarding headers go too (the gateway regenerates them
-    from the real peer); then every spoofable identity header; then the gateway's own.
-    """
-    headers = strip_request_headers(client_headers, trusted_peer=forwarding.trusted_peer)
-    headers = strip_inbound(headers)
-    headers = [h for h in headers if h[0] != _REQUEST_ID]
-    headers.append((b"host", host))
-    headers.extend(forwarding.headers)
-    headers.extend(claim_headers)
-    headers.append((_REQUEST_ID, request_id))
-    return headers
 
 
 class Forwarder:
     """Streams requests to upstreams through one shared connection pool."""
 
-    def __init__(
-        self,
-        pool: UpstreamPool,
-        *,
-        trusted: TrustedProxies,
-        max_body_bytes: int | None,
-        retry_on_connect_failure: bool,
-    ) -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
-        self.trusted = trusted
-        self.max_body_bytes = max_body_bytes
-        self.retry_on_connect_failure = retry_on_connect_failure
-
-    def retry_allowed(self, method: str) -> bool:
-        """A connect failure may be retried once for idempotent methods, when configured."""
-        return self.retry_on_connect_failure and method in _IDEMPOTENT
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, request: UpstreamRequest
-    ) -> ForwardResult:
-        """Send ``request`` upstream with the client's body; stream the response to ``send``.
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        result: ForwardResult,
+        origin: Origin,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        retry_connect: bool,
+        max_body_bytes: int | None,
+    ) -> None:
+        """Send the request upstream with the client's body; stream the response to ``send``.
 
         Raises a :class:`~gateway.errors.GatewayError` when nothing has been sent to the client
-        yet (the caller renders it); once the response has started, failures abort the client
-        connection instead (never a silent truncation under a 200).
+        yet (``result.response_started`` is false: the caller renders it); once the response
+        has started, failures are raised too and the caller must abort the client connection
+        (never a silent truncation under a 200). A client that disconnects ends the exchange
+        quietly (``result.aborted``).
         """
-        result = ForwardResult()
         content_length, has_body = _framing(scope["headers"])
-        if (
-            content_length is not None
-            and self.max_body_bytes is not None
-            and content_length > self.max_body_bytes
-        ):
-            raise LimitExceeded(f"the request body exceeds {self.max_body_bytes} bytes")
-        state = _Body(receive, content_length, self.max_body_bytes)
-        body = state.iterate() if has_body else None
+        if content_length is not None and max_body_bytes is not None and content_length > max_body_bytes:
+            # Refused before reading a byte of it.
+            raise LimitExceeded(f"the request body exceeds {max_body_bytes} bytes")
+        body = _Body(receive, content_length, max_body_bytes) if has_body else None
+        watch = _DisconnectWatch(receive, body)
         started = time.perf_counter()
-        response = await self.pool.request(
-            request.origin,
-            request.method,
-            request.target,
-            request.headers,
-            body,
-            content_length=content_length,
-            retry_connect=request.retry_connect,
-        )
-        result.upstream_status = response.status
-        watcher: asyncio.Future[Any] | None = None
-        current = asyncio.current_task()
-
-        def client_gone(_future: asyncio.Future[Any]) -> None:
-            if current is not None:
-                current.cancel()
-
         try:
-            # Once the body is consumed, a pending receive() resolves only on disconnect: use it
-            # to cancel the upstream exchange as soon as the client goes away.
-            if current is not None and (body is None or state.done):
-                watcher = asyncio.ensure_future(receive())
-                watcher.add_done_callback(client_gone)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": strip_hop_by_hop_response(response.headers),
-                }
+            response = await self.pool.request(
+                origin,
+                method,
+                target,
+                headers,
+                body.iterate() if body is not None else None,
+                content_length=content_length,
+                retry_connect=retry_connect,
             )
             try:
-                if response.has_body():
-                    # The last chunk carries more_body=False: no extra empty message.
-                    done = False
-                    while not done:
-                        chunk = await response.read_chunk()
-                        done = not chunk or response.at_eof
-                        if chunk or done:
-                            await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+                result.upstream_status = status = response.status
+                result.response_started = True
+                await send(
+                    {"type": _START, "status": status, "headers": strip_hop_by_hop_response(response.headers)}
+                )
+                if not response.has_body():
+                    await send({"type": _BODY, "body": b"", "more_body": False})
+                elif response.at_eof:
+                    # The whole body came with the head (the common small answer).
+                    await send({"type": _BODY, "body": await response.read_chunk(), "more_body": False})
                 else:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except UpstreamError:
-                result.aborted = True
-                raise
+                    await self._stream(response, send, result)
+            finally:
+                await response.aclose()
         except asyncio.CancelledError:
-            if watcher is None or not watcher.done() or current is None:
+            if not watch.fired:
                 raise
-            # Our own cancellation: the client went away. Closing the upstream response below
-            # frees its connection (it is not reused: the body was not read to the end).
-            current.uncancel()
+            # Our own cancellation: the client went away. The upstream response was closed
+            # above without being read to its end, so its connection is not reused.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
             result.aborted = True
         finally:
-            if watcher is not None and not watcher.done():
-                watcher.remove_done_callback(client_gone)
-                watcher.cancel()
+            watch.stop()
             result.upstream_seconds = time.perf_counter() - started
-            await response.aclose()
-        return result
+
+    @staticmethod
+    async def _stream(response: Any, send: Send, result: ForwardResult) -> None:
+        # The last chunk carries more_body=False: no extra empty message.
+        try:
+            done = False
+            while not done:
+                chunk = await response.read_chunk()
+                done = not chunk or response.at_eof
+                if chunk or done:
+                    await send({"type": _BODY, "body": chunk, "more_body": not done})
+        except UpstreamError:
+            result.aborted = True
+            raise
+
+
+class _DisconnectWatch:
+    """Cancels the forwarding task when the client disconnects, once armed.
+
+    Armed lazily by a timer (one ``call_later`` per request, no task): after ``WATCH_AFTER``
+    seconds, if the request body has been read, a task waits on ``receive()`` (which then
+    resolves only on disconnect or at the end of the response) and cancels the forwarder.
+    """
+
+    __slots__ = ("_body", "_receive", "_stopped", "_task", "_timer", "_watcher", "fired")
+
+    def __init__(self, receive: Receive, body: _Body | None) -> None:
+        self._receive = receive
+        self._body = body
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Future[Any] | None = None
+        self._stopped = False
+        self.fired = False
+        loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = loop.call_later(WATCH_AFTER, self._arm)
+
+    def _arm(self) -> None:
+        self._timer = None
+        body = self._body
+        if body is not None and not body.done:
+            # Still uploading: receive() belongs to the body reader (which sees a disconnect).
+            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER * 20, self._arm)
+            return
+        watcher = asyncio.ensure_future(_disconnected(self._receive))
+        watcher.add_done_callback(self._gone)
+        self._watcher = watcher
+
+    def _gone(self, watcher: asyncio.Future[Any]) -> None:
+        # A done callback already scheduled when stop() ran still runs: the flag stops it.
+        if self._stopped or watcher.cancelled() or self._task is None:
+            return
+        self.fired = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        """Disarm (the exchange is over): no cancellation can come from here afterwards."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            watcher.remove_done_callback(self._gone)
+            if not watcher.done():
+                watcher.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has disconnected (or the response is complete).
+
+    A request without a body still has its one empty ``http.request`` message to hand out.
+    """
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class _Body:
@@ -208,15 +323,18 @@ class _Body:
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     """(content length, has body) from the client's framing headers, re-derived, never copied.
 
-    The ASGI server (httptools) has already refused conflicting framing; what remains is a
-    Content-Length, a chunked body, or no body at all.
+    The ASGI server (llhttp, strict) has already refused conflicting or malformed framing
+    (CL with TE, duplicate or signed lengths, TE other than a final ``chunked``); what remains
+    is a Content-Length, a chunked body, or no body at all.
     """
     length: int | None = None
     chunked = False
     for name, value in headers:
         if name == b"content-length":
-            with contextlib.suppress(ValueError):
+            try:
                 length = int(value)
+            except ValueError:
+                raise RequestError("invalid Content-Length", reason="invalid_content_length") from None
         elif name == b"transfer-encoding":
             chunked = True
     if chunked:

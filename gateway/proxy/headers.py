@@ -313,12 +313,15 @@ class TrustedProxies:
     replaced by one naming the direct peer.
     """
 
-    __slots__ = ("_networks", "_peers")
+    __slots__ = ("_direct", "_networks", "_peers")
 
     def __init__(self, cidrs: Iterable[str] = ()) -> None:
         self._networks = tuple(ipaddress.ip_network(cidr.strip(), strict=False) for cidr in cidrs)
         # peer string -> (canonical IP or None, trusted): peers repeat, parsing does not need to.
         self._peers: dict[str, tuple[str | None, bool]] = {}
+        # (peer, scheme, host) -> Forwarding for untrusted peers, whose incoming headers are
+        # never read: the answer depends on nothing else, and the same clients come back.
+        self._direct: dict[tuple[str | None, str, bytes | None], Forwarding] = {}
 
     @property
     def enabled(self) -> bool:
@@ -360,7 +363,12 @@ class TrustedProxies:
 
         ``scheme`` is how the gateway was reached (``http``/``https``), ``host`` the client's
         Host header value (``None`` if absent), ``headers`` the client's full header list.
+        The returned object (and its header list) may be shared: do not modify it.
         """
+        key = (peer, scheme, host)
+        known = self._direct.get(key)
+        if known is not None:
+            return known
         peer_ip, trusted = self._peer(peer)
         scheme_bytes = _SCHEMES.get(scheme, b"http")
         host = host if host is not None and _valid_host(host) else None
@@ -413,7 +421,12 @@ class TrustedProxies:
             ours += b";host=" + _quote(host)
         elements.append(ours)
         out.append((b"forwarded", b", ".join(elements)))
-        return Forwarding(client=client, trusted_peer=trusted, headers=out)
+        result = Forwarding(client=client, trusted_peer=trusted, headers=out)
+        if not trusted:
+            if len(self._direct) >= _PEER_CACHE_MAX:
+                self._direct.clear()
+            self._direct[key] = result
+        return result
 
     def _walk_xff(self, values: list[bytes]) -> list[str] | None:
         """The chain from the real client to the last hop before the peer; ``None`` if garbage."""

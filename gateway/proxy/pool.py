@@ -235,7 +235,9 @@ class _OriginPool:
             self.idle.append(conn)
             pool.schedule_sweep()
         else:
-            if not conn.closed:
+            if pool.closed:
+                conn.abort()  # see close_idle
+            elif not conn.closed:
                 conn.close()
             self.open -= 1
         if self.waiters:
@@ -273,7 +275,9 @@ class _OriginPool:
         while self.idle:
             conn = self.idle.pop()
             conn.idle = False
-            conn.close()
+            # Aborted, not closed: a TLS close would wait for the upstream's close_notify,
+            # and the pool closes as the process (or its event loop) ends.
+            conn.abort()
             self.open -= 1
 
     def wake_one(self) -> None:
@@ -423,6 +427,8 @@ class UpstreamPool:
         for op in self._origins.values():
             op.close_idle()
             op.wake_all()
+        # Let the transports report their end before the event loop may close.
+        await asyncio.sleep(0)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per origin: ``open`` (incl. connecting), ``idle``, ``in_use`` and ``waiting`` counts."""

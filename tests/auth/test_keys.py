@@ -22,7 +22,7 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from gateway.auth.jwk import hmac_key
+from gateway.auth.jwk import hmac_key, load_jwks
 from gateway.auth.keys import (
     FETCH_OUTCOMES,
     MAX_KIDLESS_CANDIDATES,
@@ -727,6 +727,75 @@ async def test_aclose_stops_background_work(idp: JWKSServer, sources: MakeSource
     count = idp.fetch_count
     await asyncio.sleep(1.2)
     assert idp.fetch_count == count
+
+
+# ------------------------------------------------------- generations (for the token cache)
+
+
+def test_key_index_holds_compares_keys_by_value() -> None:
+    published = new_signing_key("RS256", slot=0).public_jwk()
+
+    def load(*entries: dict[str, Any]) -> KeyIndex:
+        keyset = load_jwks({"keys": list(entries)}, algorithms=["RS256"], remote=True)
+        return KeyIndex(keyset.keys, allowed=["RS256"], kidless_matches_any_kid=False)
+
+    before = load(published)
+    (key,) = before.keys
+    assert load(published).holds(key)  # a re-fetch builds new objects for the same key
+    assert not load({**published, "kid": "renamed"}).holds(key)
+    other = new_signing_key("RS256", slot=1, kid=key.kid).public_jwk()
+    assert not load(other).holds(key)  # same kid, other key material
+    assert not load({**published, "alg": "PS256"}, other | {"kid": "x"}).holds(key)
+    kidless = {k: v for k, v in published.items() if k != "kid"}
+    (anonymous,) = load(kidless).keys
+    assert load(kidless).holds(anonymous) and not load(published).holds(anonymous)
+
+
+async def test_static_keys_never_change_generation() -> None:
+    key = hmac_key(b"k" * 32, algorithm="HS256", allow_weak=False)
+    source = StaticKeys("django", [key], algorithms=["HS256"], source="secret")
+    assert source.generation == 0
+    assert source.holds(hmac_key(b"k" * 32, algorithm="HS256", allow_weak=False))
+    assert not source.holds(hmac_key(b"j" * 32, algorithm="HS256", allow_weak=False))
+    assert source.usable_for() == float("inf")
+
+
+async def test_generation_changes_exactly_when_another_key_set_is_installed(
+    idp: JWKSServer, sources: MakeSource
+) -> None:
+    clock = FakeClock()
+    first = idp.add_key("RS256", slot=0)
+    source = sources(idp, clock=clock, default_ttl=10, max_stale=5)
+    assert source.generation == 0 and source.usable_for() == 0.0
+    assert not source.holds(_vk("RS256", first.kid))
+    await source.refresh()
+    assert source.generation == 1
+    (key,) = source.keys
+    await source.refresh()  # the same document again
+    assert source.generation == 1
+    idp.serve_html()
+    await source.refresh()  # a failed fetch installs nothing
+    assert source.generation == 1 and source.holds(key)
+    idp.serve_ok()
+    idp.add_key("ES256", slot=1)
+    await source.refresh()
+    assert source.generation == 2 and source.holds(key)  # a key added: ours is still there
+    idp.remove_key(first)
+    await source.refresh()
+    assert source.generation == 3 and not source.holds(key)
+
+
+async def test_usable_for_counts_down_to_max_stale(idp: JWKSServer, sources: MakeSource) -> None:
+    clock = FakeClock()
+    idp.add_key("RS256")
+    source = sources(idp, clock=clock, default_ttl=10, max_stale=5)
+    await source.refresh()
+    (key,) = source.keys
+    assert source.usable_for() == 15
+    clock.advance(14)
+    assert source.usable_for() == 1 and source.holds(key)
+    clock.advance(2)
+    assert source.usable_for() == 0 and not source.holds(key)
 
 
 # --------------------------------------------------------------------------- key selection

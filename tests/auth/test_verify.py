@@ -1360,6 +1360,94 @@ def test_cache_is_safe_across_threads() -> None:
     assert verifier.cache_size <= 8
 
 
+# ================================================================= cache vs. key set changes
+
+
+class VersionedKeys(StaticKeys):
+    """A key source with ``generation``/``holds``/``usable_for``, as gateway.auth.keys has."""
+
+    def __init__(self, keys: Sequence[VerificationKey]) -> None:
+        super().__init__(keys)
+        self.generation = 0
+        self.remaining = float("inf")
+        self.holds_calls = 0
+
+    def install(self, keys: Sequence[VerificationKey]) -> None:
+        self.keys = list(keys)
+        self.generation += 1
+
+    def holds(self, key: VerificationKey) -> bool:
+        self.holds_calls += 1
+        return not self.unavailable and key in self.keys
+
+    def usable_for(self) -> float:
+        return self.remaining
+
+
+def _versioned_verifier(clock: Clock) -> tuple[Verifier, VersionedKeys]:
+    keys = VersionedKeys([vkey("RS256", RSA_KEY, "rsa-1"), vkey("ES256", EC_KEY, "ec-1")])
+    return make_verifier(corp_policy(keys=keys), clock=clock, cache_enabled=True), keys
+
+
+def test_cached_token_is_refused_once_its_key_is_withdrawn() -> None:
+    verifier, keys = _versioned_verifier(Clock())
+    token = make_token()
+    verifier.verify_blocking(token)
+    verifier.verify_blocking(token)
+    assert len(keys.lookups) == 1 and keys.holds_calls == 0  # plain hits: no key check
+    keys.install([vkey("ES256", EC_KEY, "ec-1")])  # rsa-1 withdrawn by a refresh
+    refused(verifier, token, UnknownKid, "unknown_kid")
+    assert verifier.cache_size == 0
+    # Other tokens of the keys still published keep being cached.
+    ec_token = make_token(alg="ES256", key=EC_KEY, kid="ec-1")
+    first = verifier.verify_blocking(ec_token)
+    assert verifier.verify_blocking(ec_token) is first
+
+
+async def test_cached_token_is_refused_once_its_key_is_withdrawn_async() -> None:
+    verifier, keys = _versioned_verifier(Clock())
+    token = make_token()
+    await verifier.verify(token)
+    keys.install([vkey("RS256", LEGACY_KEY, "rsa-1")])  # same kid, another key
+    with pytest.raises(BadSignature):
+        await verifier.verify(token)
+
+
+def test_cache_hit_survives_a_refresh_that_keeps_its_key() -> None:
+    verifier, keys = _versioned_verifier(Clock())
+    token = make_token()
+    first = verifier.verify_blocking(token)
+    # A new document publishing the same key (new objects, same material) and one more.
+    keys.install([vkey("RS256", RSA_KEY, "rsa-1"), vkey("RS256", LEGACY_KEY, "rsa-2")])
+    assert verifier.verify_blocking(token) is first
+    assert verifier.verify_blocking(token) is first
+    assert keys.holds_calls == 1  # checked once per generation, then plain hits again
+    assert len(keys.lookups) == 1
+
+
+def test_cache_entry_never_outlives_the_usability_of_its_keys() -> None:
+    clock = Clock()
+    verifier, keys = _versioned_verifier(clock)
+    keys.remaining = 20.0  # e.g. a JWKS served stale, 20 s before max_stale runs out
+    token = make_token()
+    verifier.verify_blocking(token)
+    clock.now = NOW + 19
+    verifier.verify_blocking(token)
+    assert len(keys.lookups) == 1
+    clock.now = NOW + 21
+    keys.unavailable = True  # the IdP never came back
+    refused(verifier, token, KeysUnavailable)
+    assert verifier.cache_size == 0
+
+
+def test_unusable_keys_are_not_cached_at_all() -> None:
+    verifier, keys = _versioned_verifier(Clock())
+    keys.remaining = 0.0
+    token = make_token()
+    verifier.verify_blocking(token)
+    assert verifier.cache_size == 0
+
+
 # ============================================================================ PyJWT errors
 
 

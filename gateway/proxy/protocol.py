@@ -1,0 +1,321 @@
+"""The client-facing HTTP/1.1 protocol: uvicorn's httptools protocol, hardened.
+
+uvicorn's :class:`~uvicorn.protocols.http.httptools_impl.HttpToolsProtocol` has no limit on the
+size of a request head and no timeout for reading it (security-catalogue 6.6): a client can
+send a megabyte of header lines, or trickle one byte every few seconds and hold a connection
+forever (slowloris). :func:`hardened_protocol` returns a subclass that adds, at no measurable
+cost per request:
+
+- a **head size limit**: the request line and header fields are counted as llhttp hands them
+  over (each complete field, so a huge head arriving in one read is refused too), and the raw
+  bytes of a head that is still incomplete after a read are counted as well (a field that never
+  ends). Beyond ``max_head_bytes`` the client gets ``431`` and the connection is closed;
+- a **head timeout**: the whole head must arrive within ``head_timeout`` seconds of its first
+  byte (for a new connection: of the connection). One timer per *connection*, re-armed lazily,
+  checks a timestamp that each request only writes: no timer is created per request. A late
+  head gets ``408`` and the connection is closed;
+- **no protocol switch except WebSocket**: any other ``Upgrade`` (``h2c``...) is answered as a
+  plain HTTP/1.1 request (the proxy never forwards ``Upgrade``) and the connection is closed
+  after the answer, so bytes sent after the head are never parsed as a request;
+- ``400`` (malformed request), ``408`` and ``431`` answers are the gateway's problem+json
+  bodies, pre-rendered by the caller (this layer does not import the HTTP edge);
+- responses without a body (``204``, ``304``) may carry the upstream's ``Content-Length``
+  (RFC 9110 §8.6): uvicorn would otherwise expect that many body bytes and fail the response.
+
+The rest (parsing with llhttp in strict mode, pipelining, keep-alive, flow control, WebSocket
+hand-over) is uvicorn's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+
+__all__ = ["HardenedHttpToolsProtocol", "ProtocolLimits", "QuietWebSocketProtocol", "hardened_protocol"]
+
+log = logging.getLogger("jwt_gateway")
+
+# uvicorn's WebSocket protocol logs every handshake at INFO with the path *and query string*,
+# which may hold a token (``token.query``). Its diagnostics go to a logger that passes only
+# warnings and errors on to the gateway's handlers.
+_WS_LOG = logging.Logger("jwt_gateway.websocket", logging.WARNING)
+_WS_LOG.parent = log
+
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside an llhttp callback to stop parsing a head that is over the limit."""
+
+
+class _NotOriginForm(Exception):
+    """Raised inside an llhttp callback for a request target that is not origin-form."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolLimits:
+    """Limits of the client-facing protocol, and the answers it gives when one is hit.
+
+    ``responses`` maps 400, 408 and 431 to complete HTTP/1.1 responses (status line, headers
+    including ``Connection: close``, body), written as they are before the connection closes.
+    """
+
+    max_head_bytes: int
+    head_timeout: float
+    responses: Mapping[int, bytes]
+
+    def __post_init__(self) -> None:
+        if self.max_head_bytes < 1024:
+            raise ValueError("max_head_bytes must be at least 1 KiB")
+        if not self.head_timeout > 0:
+            raise ValueError("head_timeout must be positive")
+        missing = {400, 408, 431} - set(self.responses)
+        if missing:
+            raise ValueError(f"responses for {sorted(missing)} are missing")
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, letting 204 and 304 keep their Content-Length."""
+
+    async def send(self, message: Any) -> None:
+        await RequestResponseCycle.send(self, message)
+        if message["type"] == "http.response.start" and message["status"] in _NO_BODY_STATUS:
+            # No body follows whatever Content-Length says (RFC 9110 §6.4.1).
+            self.expected_content_length = 0
+
+
+class HardenedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head size limit and a head timeout (see module doc).
+
+    Use :func:`hardened_protocol` to get a subclass bound to a :class:`ProtocolLimits`.
+    """
+
+    limits: ClassVar[ProtocolLimits]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits = self.limits
+        self._max_head = limits.max_head_bytes
+        self._head_timeout = limits.head_timeout
+        #: Loop time the current head started (first byte), 0.0 when no head is being read.
+        self._head_started = 0.0
+        #: Bytes of the current head counted so far: fields as parsed, or raw reads.
+        self._head_size = 0
+        self._head_raw = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._upgrade_refused = False
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Waiting for the first head counts: a connection that sends nothing is cut off too.
+        self._head_started = self.loop.time()
+        self._head_timer = self.loop.call_later(self._head_timeout, self._check_head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _check_head(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        started = self._head_started
+        now = self.loop.time()
+        timeout = self._head_timeout
+        if started and now - started >= timeout:
+            self._refuse(408, "request head timeout")
+            return
+        # Not due yet, or no head in progress: look again when it could be (a head that starts
+        # right after this check is seen at most a quarter of the timeout late).
+        delay = timeout - (now - started) if started else timeout / 4
+        self._head_timer = self.loop.call_later(delay, self._check_head)
+
+    def _refuse(self, status: int, why: str) -> None:
+        """Answer ``status`` (when no response is under way) and close the connection."""
+        log.info("closing a client connection: %s", why)
+        self._head_started = 0.0
+        cycle: RequestResponseCycle | None = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(self.limits.responses[status])
+        elif not cycle.response_started and not self.pipeline:
+            # The head was fine, the body is not: this answer is the request's, and whatever
+            # the app would still send goes nowhere (it sees a disconnected client).
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.write(self.limits.responses[status])
+        # Otherwise an earlier (pipelined) request is still being answered: an answer written
+        # now would interleave with it, so the connection just closes.
+        self.transport.close()
+
+    # ------------------------------------------------------------------ parsing
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self._hand_over()
+            else:
+                self._refuse_upgrade()
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse(431, "request head too large")
+            else:
+                self._refuse(400, "invalid HTTP request")
+            return
+        if self._head_started:
+            # A head still incomplete after this read: llhttp buffers the unfinished field, so
+            # the raw bytes count (the whole read: at worst it also held the end of a previous
+            # pipelined request).
+            self._head_raw += len(data)
+            if self._head_raw > self._max_head:
+                self._refuse(431, "request head too large")
+
+    def _hand_over(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self.handle_websocket_upgrade()
+
+    def _refuse_upgrade(self) -> None:
+        # The request itself is answered (its cycle already started); what follows the head is
+        # another protocol's bytes, never parsed as HTTP: close once the answer is written.
+        self._upgrade_refused = True
+        self._head_started = 0.0
+        cycle: RequestResponseCycle | None = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, msg)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_started = self.loop.time()
+        self._head_size = 0
+        self._head_raw = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._head_size += len(url)
+        if self._head_size > self._max_head:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = self._head_size + len(name) + len(value) + 4
+        self._head_size = size
+        if size > self._max_head:
+            raise _HeadTooLarge
+        if not self._head_started:
+            # A trailer field of a chunked body: uvicorn would append it to the request's
+            # headers (the very list the app reads), turning a trailer into a header after
+            # the fact. Trailers are dropped (counted against the head limit).
+            return
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._head_started = 0.0
+        url = self.url
+        if not url.startswith(b"/") and url != b"*":
+            # Absolute-form (``GET http://other/...``) or authority-form (``CONNECT host:443``):
+            # a gateway is no forward proxy, and the upstream is fixed by configuration.
+            raise _NotOriginForm
+        parser = self.parser
+        http_version = parser.get_http_version()
+        scope = self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root_path = self.root_path
+        if root_path:
+            scope["path"] = root_path + path
+            scope["raw_path"] = root_path.encode("ascii") + raw_path
+        else:
+            scope["path"] = path
+            scope["raw_path"] = raw_path
+        scope["query_string"] = parsed_url.query or b""
+
+        existing_cycle = self.cycle
+        self.cycle = _Cycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, self.app)
+        else:
+            # Pipelined requests wait for the previous response.
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
+
+    def on_response_complete(self) -> None:
+        if self._upgrade_refused:
+            self.transport.close()
+            return
+        super().on_response_complete()
+
+
+def hardened_protocol(limits: ProtocolLimits) -> type[HardenedHttpToolsProtocol]:
+    """A :class:`HardenedHttpToolsProtocol` subclass bound to ``limits``, for uvicorn's ``http=``."""
+    return type("GatewayHttpProtocol", (HardenedHttpToolsProtocol,), {"limits": limits})
+
+
+class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol (websockets), without per-handshake INFO lines.
+
+    Those lines name the query string, which may carry a token; the gateway's access log
+    records WebSocket sessions itself.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.logger = _WS_LOG
+        self.conn.logger = _WS_LOG
