@@ -14,7 +14,9 @@ Layout: wrk and the backend pinned to the first CPU, each proxy under test alone
 run a warm-up followed by a timed run. Before timing, each target is checked: 200 with the token,
 and for the token-checking peers 401 without a token, 401 with a bad signature and a refusal of a
 token for another audience. A target that fails its check is not timed; a timed run that saw a
-non-2xx answer is marked invalid and left out of the medians.
+non-2xx answer is marked invalid and left out of the medians. The machine may be shared: the CPU
+used by other processes is measured during every run, the harness waits for a quiet moment before
+each run and redoes a disturbed one (--quiet-wait, --noise-threshold, --noise-retries).
 
 Servers, keys, token and configs live in a fresh directory under bench/.work/ (removed at the
 end unless --keep-work); results go to bench/results/<timestamp>.json. Run ``bench/setup.sh``

@@ -30,6 +30,14 @@ them all (counters and histograms: sum; in-flight: sum over live workers; keys l
 ready: the minimum over live workers; key-set age: the maximum). Scrape-time collectors cannot
 see other processes, so in this mode each worker copies its key status into the gauges every
 few seconds (:meth:`GatewayMetrics.refresh_key_status`) and right before it answers a scrape.
+Caveats of this mode: every worker reloads on SIGHUP, so one reload counts once per worker; and
+label sets cannot be removed, so a provider dropped by a reload keeps its last key gauges until
+the workers restart.
+
+Cost on the request path: one dict lookup for the pre-bound children of (route, method,
+status, decision), then one counter and up to three histogram observations (about 4 us per
+request in one process, about 9 us with memory-mapped multiprocess values, on the 2-vCPU
+development VM).
 """
 
 from __future__ import annotations

@@ -63,14 +63,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.auth.claim_headers import normalize_header_name
 from gateway.auth.extract import extract_token
 from gateway.auth.jws import parse_compact
 from gateway.auth.keys import RemoteJWKS
-from gateway.config.loader import _StrictLoader, load_config, substitute_env, validation_error
+from gateway.config.loader import load_config, load_yaml, read_text, substitute_env, validation_error
 from gateway.errors import ConfigError, GatewayError, TokenMissing
 from gateway.pipeline import Decision, Pipeline, RequestView
 from gateway.policy import CompiledRoute, Policy, build_policy
@@ -787,18 +786,8 @@ class PolicyTestFileError(ConfigError):
 
 def load_policy_tests(path: str, *, env: Mapping[str, str] | None = None) -> PolicyTestFile:
     """Read and validate a policy test file; raises :class:`PolicyTestFileError` (one line)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise PolicyTestFileError(f"cannot read the file: {reason}", file=path) from None
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PolicyTestFileError(f"invalid YAML: {problem}", file=path, path=where) from None
+    text = read_text(path, error=PolicyTestFileError)
+    data = load_yaml(text, file=path, error=PolicyTestFileError)
     if isinstance(data, list):
         data = {"cases": data}
     if not isinstance(data, dict):

@@ -112,15 +112,29 @@ def validation_error(exc: ValidationError, file: str) -> ConfigError:
     )
 
 
-def parse_config(text: str, *, file: str = "<string>", env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Parse and validate config text. Raises ConfigError (one line) on any problem."""
+def load_yaml(text: str, *, file: str = "<string>", error: type[ConfigError] = ConfigError) -> Any:
+    """Parse YAML strictly (duplicate keys refused); ``error`` names the line and column."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {problem}", file=file, path=where) from None
+        raise error(f"invalid YAML: {problem}", file=file, path=where) from None
+
+
+def read_text(path: str, *, error: type[ConfigError] = ConfigError) -> str:
+    """Read a UTF-8 file; ``error`` says why it cannot be read (never a traceback)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise error(f"cannot read the file: {reason}", file=path) from None
+
+
+def parse_config(text: str, *, file: str = "<string>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Parse and validate config text. Raises ConfigError (one line) on any problem."""
+    data = load_yaml(text, file=file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -138,9 +152,4 @@ def parse_config(text: str, *, file: str = "<string>", env: Mapping[str, str] | 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read, substitute and validate the config file at ``path``."""
     file = os.fspath(path)
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise ConfigError(f"cannot read the file: {reason}", file=file) from None
-    return parse_config(text, file=file, env=env)
+    return parse_config(read_text(file), file=file, env=env)

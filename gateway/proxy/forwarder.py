@@ -12,8 +12,9 @@ declared ``Content-Length`` is already over it). The client's framing headers ar
 forwarded: the pool re-derives ``Content-Length`` or chunked framing from what it sends.
 
 A client that goes away cancels the upstream exchange: its connection is closed, never reused.
-Watching for that costs a task, so it starts only when the exchange is still running a few
-milliseconds after it began (a streamed or slow response), not for the common quick answer.
+Under the gateway's own protocol (:mod:`gateway.proxy.protocol`) the connection's loss cancels
+the exchange directly; under another ASGI server a watcher task waits on ``receive()``, started
+only when the exchange is still running a few milliseconds after it began.
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ from gateway.proxy.headers import (
     FORWARDING_HEADERS,
     HOP_BY_HOP,
     REGENERATED_FORWARDING,
+    nominated_names,
     strip_hop_by_hop_response,
 )
 from gateway.proxy.pool import Origin, UpstreamPool
+from gateway.proxy.protocol import GatewayCycle
 
 __all__ = ["ForwardResult", "Forwarder", "HeaderPlan"]
 
 _REQUEST_ID = b"x-request-id"
 _HOST = b"host"
 _CONNECTION = b"connection"
-_OWS = b" \t"
 #: Dropped from every client request: hop-by-hop, framing (re-derived), Host (the upstream's
 #: or, with preserve_host, re-set), the client's request id (the gateway sets its own).
 _ALWAYS_DROPPED = HOP_BY_HOP | {b"content-length", _HOST, _REQUEST_ID}
@@ -109,7 +111,7 @@ class HeaderPlan:
                 continue
             kept.append(item)
         if nominated is not None:
-            names = _nominated(nominated)
+            names = nominated_names(nominated)
             if names:
                 kept = [item for item in kept if item[0] not in names]
         kept.append((_HOST, host))
@@ -117,16 +119,6 @@ class HeaderPlan:
         kept += claim_headers
         kept.append((_REQUEST_ID, request_id))
         return kept
-
-
-def _nominated(values: list[bytes]) -> set[bytes]:
-    names: set[bytes] = set()
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip(_OWS).lower()
-            if token:
-                names.add(token)
-    return names
 
 
 @dataclass(slots=True)
@@ -174,7 +166,15 @@ class Forwarder:
             # Refused before reading a byte of it.
             raise LimitExceeded(f"the request body exceeds {max_body_bytes} bytes")
         body = _Body(receive, content_length, max_body_bytes) if has_body else None
-        watch = _DisconnectWatch(receive, body)
+        # The gateway's own protocol cancels this task when the client goes away (no cost per
+        # request); under another ASGI server a lazily armed watcher does it.
+        owner = getattr(receive, "__self__", None)
+        cycle = owner if isinstance(owner, GatewayCycle) else None
+        watch: _DisconnectWatch | None = None
+        if cycle is not None:
+            cycle.watcher = asyncio.current_task()
+        else:
+            watch = _DisconnectWatch(receive, body)
         started = time.perf_counter()
         try:
             response = await self.pool.request(
@@ -194,15 +194,16 @@ class Forwarder:
                 )
                 if not response.has_body():
                     await send({"type": _BODY, "body": b"", "more_body": False})
-                elif response.at_eof:
+                elif response.body_received:
                     # The whole body came with the head (the common small answer).
-                    await send({"type": _BODY, "body": await response.read_chunk(), "more_body": False})
+                    await send({"type": _BODY, "body": response.take_body(), "more_body": False})
                 else:
                     await self._stream(response, send, result)
             finally:
                 await response.aclose()
         except asyncio.CancelledError:
-            if not watch.fired:
+            ours = cycle.cancelled_by_disconnect if cycle is not None else watch is not None and watch.fired
+            if not ours:
                 raise
             # Our own cancellation: the client went away. The upstream response was closed
             # above without being read to its end, so its connection is not reused.
@@ -211,7 +212,10 @@ class Forwarder:
                 task.uncancel()
             result.aborted = True
         finally:
-            watch.stop()
+            if cycle is not None:
+                cycle.watcher = None
+            elif watch is not None:
+                watch.stop()
             result.upstream_seconds = time.perf_counter() - started
 
     @staticmethod

@@ -77,6 +77,25 @@ def _nominated(values: list[bytes]) -> set[bytes]:
     return names
 
 
+#: ``Connection`` value -> the names it nominates. The same few values ("keep-alive", "close",
+#: "upgrade") come on nearly every message; bounded anyway.
+_NOMINATED: dict[bytes, frozenset[bytes]] = {}
+_NOMINATED_MAX = 256
+
+
+def nominated_names(connection: list[bytes]) -> frozenset[bytes]:
+    """The lower-cased header names the ``Connection`` field values nominate (cached)."""
+    if len(connection) == 1:
+        value = connection[0]
+        names = _NOMINATED.get(value)
+        if names is None:
+            names = frozenset(_nominated(connection))
+            if len(_NOMINATED) < _NOMINATED_MAX:
+                _NOMINATED[value] = names
+        return names
+    return frozenset(_nominated(connection))
+
+
 def _strip(headers: Headers, drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
     kept: list[tuple[bytes, bytes]] = []
     connection: list[bytes] | None = None
@@ -90,7 +109,7 @@ def _strip(headers: Headers, drop: frozenset[bytes]) -> list[tuple[bytes, bytes]
             continue
         kept.append(item)
     if connection is not None:
-        nominated = _nominated(connection)
+        nominated = nominated_names(connection)
         if not nominated <= drop:
             kept = [item for item in kept if item[0] not in nominated]
     return kept

@@ -643,6 +643,24 @@ class UpstreamResponse:
         conn = self._conn
         return conn is None or (conn.complete and not conn.chunks)
 
+    @property
+    def body_received(self) -> bool:
+        """True once the whole body has arrived (it may still be buffered here)."""
+        conn = self._conn
+        return conn is None or conn.complete
+
+    def take_body(self) -> bytes:
+        """The whole body when :attr:`body_received` (the common small answer that came with
+        its head): no await, and the connection goes back to the pool at once."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        if not conn.complete or conn.upgraded:
+            raise RuntimeError("the body has not been received yet: use read_chunk()")
+        data = conn.take_buffered() if conn.chunks else b""
+        self._finish(conn)
+        return data
+
     async def read_chunk(self) -> bytes:
         """The next body bytes as they arrive (all buffered bytes at once); ``b""`` at the end.
 

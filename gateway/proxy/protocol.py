@@ -41,7 +41,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
-__all__ = ["HardenedHttpToolsProtocol", "ProtocolLimits", "QuietWebSocketProtocol", "hardened_protocol"]
+__all__ = [
+    "GatewayCycle",
+    "HardenedHttpToolsProtocol",
+    "ProtocolLimits",
+    "QuietWebSocketProtocol",
+    "hardened_protocol",
+]
 
 log = logging.getLogger("jwt_gateway")
 
@@ -84,14 +90,30 @@ class ProtocolLimits:
             raise ValueError(f"responses for {sorted(missing)} are missing")
 
 
-class _Cycle(RequestResponseCycle):
-    """uvicorn's request/response cycle, letting 204 and 304 keep their Content-Length."""
+class GatewayCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, with two additions.
+
+    - 204 and 304 may keep their Content-Length (no body follows, RFC 9110 §6.4.1);
+    - a disconnect hook: while ``watcher`` holds a task, the client's disconnect cancels it at
+      once and sets ``cancelled_by_disconnect``. The forwarder finds the cycle through
+      ``receive.__self__``: no timer and no watcher task per request.
+    """
+
+    watcher: asyncio.Task[Any] | None = None
+    cancelled_by_disconnect = False
 
     async def send(self, message: Any) -> None:
         await RequestResponseCycle.send(self, message)
         if message["type"] == "http.response.start" and message["status"] in _NO_BODY_STATUS:
-            # No body follows whatever Content-Length says (RFC 9110 §6.4.1).
             self.expected_content_length = 0
+
+    def client_gone(self) -> None:
+        """Called by the protocol when the connection is lost before the response completed."""
+        task = self.watcher
+        if task is not None:
+            self.watcher = None
+            self.cancelled_by_disconnect = True
+            task.cancel()
 
 
 class HardenedHttpToolsProtocol(HttpToolsProtocol):
@@ -119,6 +141,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0
         self._head_raw = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        #: Loop time the connection went idle after a response (keep-alive), 0.0 otherwise.
+        self._idle_since = 0.0
         self._upgrade_refused = False
 
     # ------------------------------------------------------------------ connection
@@ -133,21 +157,37 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        cycle: RequestResponseCycle | None = self.cycle
         super().connection_lost(exc)
+        if isinstance(cycle, GatewayCycle) and not cycle.response_complete:
+            cycle.client_gone()
 
     def _check_head(self) -> None:
+        # One timer per connection enforces both the head timeout and the keep-alive idle
+        # timeout, from timestamps the request path only writes (uvicorn would schedule and
+        # cancel a keep-alive timer for every request).
         self._head_timer = None
         if self.transport.is_closing():
             return
-        started = self._head_started
         now = self.loop.time()
         timeout = self._head_timeout
-        if started and now - started >= timeout:
-            self._refuse(408, "request head timeout")
-            return
-        # Not due yet, or no head in progress: look again when it could be (a head that starts
-        # right after this check is seen at most a quarter of the timeout late).
-        delay = timeout - (now - started) if started else timeout / 4
+        started = self._head_started
+        if started:
+            elapsed = now - started
+            if elapsed >= timeout:
+                self._refuse(408, "request head timeout")
+                return
+            delay = timeout - elapsed
+        elif self._idle_since:
+            elapsed = now - self._idle_since
+            if elapsed >= self.timeout_keep_alive:
+                self.transport.close()
+                return
+            delay = min(self.timeout_keep_alive - elapsed, timeout / 4)
+        else:
+            # A request is being answered. A head that starts right after this check is seen
+            # at most a quarter of the timeout late.
+            delay = timeout / 4
         self._head_timer = self.loop.call_later(delay, self._check_head)
 
     def _refuse(self, status: int, why: str) -> None:
@@ -170,7 +210,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ parsing
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -215,6 +254,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._idle_since = 0.0
         self._head_started = self.loop.time()
         self._head_size = 0
         self._head_raw = 0
@@ -270,7 +310,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         scope["query_string"] = parsed_url.query or b""
 
         existing_cycle = self.cycle
-        self.cycle = _Cycle(
+        self.cycle = GatewayCycle(
             scope=scope,
             transport=self.transport,
             flow=self.flow,
@@ -291,10 +331,20 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((self.cycle, self.app))
 
     def on_response_complete(self) -> None:
-        if self._upgrade_refused:
-            self.transport.close()
+        self.server_state.total_requests += 1
+        transport = self.transport
+        if transport.is_closing():
             return
-        super().on_response_complete()
+        if self._upgrade_refused:
+            transport.close()
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            # Keep-alive: _check_head closes the connection if it stays idle too long.
+            self._idle_since = self.loop.time()
 
 
 def hardened_protocol(limits: ProtocolLimits) -> type[HardenedHttpToolsProtocol]:
@@ -306,7 +356,9 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol (websockets), without per-handshake INFO lines.
 
     Those lines name the query string, which may carry a token; the gateway's access log
-    records WebSocket sessions itself.
+    records WebSocket sessions itself. A handshake answered with an HTTP response (the
+    ``websocket.http.response`` extension: how the gateway refuses an upgrade) also counts as
+    complete, so uvicorn does not log an error for every refusal.
     """
 
     def __init__(
@@ -319,3 +371,8 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.logger = _WS_LOG
         self.conn.logger = _WS_LOG
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            self.handshake_complete = True

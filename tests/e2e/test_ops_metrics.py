@@ -214,6 +214,58 @@ def test_no_subject_path_or_token_in_metric_labels(gw: OpsGateway) -> None:
         assert secretish not in text
 
 
+# ------------------------------------------------------------------------------ access log
+
+
+def test_the_access_line_explains_each_request(
+    gw: OpsGateway, upstream: NamedUpstream, idp: JWKSServer
+) -> None:
+    token = hs_token(sub="alice", email="alice@example.com")
+    with capture_access() as log:
+        httpx.get(gw.url + "/api/orders?q=secret-query", headers={**bearer(token), "X-Request-Id": "line-1"})
+        httpx.get(gw.url + "/admin/x", headers=bearer(token))
+    text = log.getvalue()
+    assert "secret-query" not in text and token not in text
+    allowed, denied = (json.loads(line) for line in text.splitlines())
+    assert {
+        k: allowed[k] for k in ("request_id", "method", "path", "route", "status", "decision", "reason")
+    } == {
+        "request_id": "line-1",
+        "method": "GET",
+        "path": "/api/orders",
+        "route": "api",
+        "status": 200,
+        "decision": "allowed",
+        "reason": "ok",
+    }
+    assert (allowed["provider"], allowed["sub"], allowed["upstream_status"], allowed["client"]) == (
+        "hs",
+        "alice",
+        200,
+        "127.0.0.1",
+    )
+    assert allowed["duration_ms"] >= allowed["upstream_ms"] > 0 and allowed["verify_ms"] > 0
+    assert allowed["ts"].endswith("Z")
+    assert (denied["route"], denied["status"], denied["decision"], denied["reason"]) == (
+        "admin",
+        403,
+        "denied",
+        "rule_failed",
+    )
+    assert denied["rule"] and "alice" not in denied["rule"] and denied["upstream_status"] is None
+    # The logged subject claim is configurable, or off.
+    try:
+        for claim, expected in (("email", "alice@example.com"), (None, None)):
+            cfg = config(upstream, idp)
+            cfg["logging"] = {"subject_claim": claim}
+            assert gw.reload(cfg) is True
+            with capture_access() as log:
+                httpx.get(gw.url + "/api/orders", headers=bearer(token))
+            assert json.loads(log.getvalue())["sub"] == expected
+    finally:
+        assert gw.reload(config(upstream, idp)) is True
+
+
 # ---------------------------------------------------------------------- request id, tracing
 
 

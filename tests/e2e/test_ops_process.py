@@ -288,6 +288,13 @@ def test_workers_share_metrics_and_each_drains(upstream: NamedUpstream, tmp_path
             assert metric(samples, "jwt_gateway_jwks_keys", provider="hs") == 1
         pids = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}
         assert len(pids) == 2, pids  # both workers write their values there
+        # SIGHUP to the supervisor reloads every worker (a reload counts once per worker).
+        fresh = {"name": "fresh", "match": {"path": "/fresh/**"}, "auth": "public"}
+        gateway.write_config({**cfg, "routes": [*cfg["routes"], fresh]})
+        gateway.signal(signal.SIGHUP)
+        wait_until(lambda: reloads(gateway, "ok") == 2, what="both workers to reload")
+        for _ in range(10):
+            assert httpx.get(gateway.url + "/fresh/x").status_code == 200
         statuses = _drain(gateway, upstream, 6)
         assert gateway.process is not None
         assert gateway.process.wait(15) == 0

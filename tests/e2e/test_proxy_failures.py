@@ -187,7 +187,11 @@ def dying(head: bytes, partial: bytes, *, reset: bool) -> Any:
     ("head", "partial", "framing"),
     [
         (b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", b"x" * 100, "length"),
-        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"64\r\n" + b"x" * 100 + b"\r\n", "chunked"),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"64\r\n" + b"x" * 100 + b"\r\n",
+            "chunked",
+        ),
     ],
     ids=["content_length", "chunked"],
 )
@@ -227,7 +231,9 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
     return False
 
 
-def test_a_client_leaving_an_event_stream_cancels_the_upstream_request(stream_upstream: StreamUpstream) -> None:
+def test_a_client_leaving_an_event_stream_cancels_the_upstream_request(
+    stream_upstream: StreamUpstream,
+) -> None:
     with GatewayServer(config(stream_upstream.url, read_timeout="60s")) as gw:
         sock = socket.create_connection(("127.0.0.1", gw.port))
         sock.sendall(b"GET /events?gate=never HTTP/1.1\r\nHost: gw\r\n\r\n")
@@ -241,7 +247,9 @@ def test_a_client_leaving_an_event_stream_cancels_the_upstream_request(stream_up
         assert wait_for(lambda: seen.disconnected_at is not None, 5)
         assert seen.disconnected_at is not None and seen.disconnected_at - left < 2
         # The upstream connection is closed, not parked for reuse with an unread body.
-        assert wait_for(lambda: all(s["in_use"] == 0 and s["idle"] == 0 for s in gw.gateway.pool.stats().values()))
+        assert wait_for(
+            lambda: all(s["in_use"] == 0 and s["idle"] == 0 for s in gw.gateway.pool.stats().values())
+        )
         assert gw.gateway.active == 0
 
 
@@ -253,7 +261,10 @@ def test_a_client_leaving_before_the_answer_cancels_the_upstream_request() -> No
         if await conn.at_eof(within=10):
             closed_at.append(time.monotonic())
 
-    with ThreadedRawServer(long_poll) as upstream, GatewayServer(config(upstream.url, read_timeout="60s")) as gw:
+    with (
+        ThreadedRawServer(long_poll) as upstream,
+        GatewayServer(config(upstream.url, read_timeout="60s")) as gw,
+    ):
         sock = socket.create_connection(("127.0.0.1", gw.port))
         sock.sendall(b"GET /long-poll HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert wait_for(lambda: upstream.raw.requests)

@@ -40,8 +40,8 @@ def token(**extra: Any) -> str:
 #: Raw answers of the scripted upstream, by request target (no ASGI server in between: uvicorn
 #: itself refuses to send a 304 with a Content-Length).
 RAW_ANSWERS = {
-    b"/204": b"HTTP/1.1 204 No Content\r\netag: \"v1\"\r\n\r\n",
-    b"/304": b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 1234\r\n\r\n",
+    b"/204": b'HTTP/1.1 204 No Content\r\netag: "v1"\r\n\r\n',
+    b"/304": b'HTTP/1.1 304 Not Modified\r\netag: "v1"\r\ncontent-length: 1234\r\n\r\n',
     b"/head": b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n",
 }
 
@@ -56,10 +56,16 @@ def config(upstream: StreamUpstream, raw_upstream: ThreadedRawServer) -> dict[st
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": {"enabled": False},
         "upstream": upstream.url,
-        "providers": {"hs": {"issuer": ISSUER, "secret": SECRET, "algorithms": ["HS256"], "audiences": [AUD]}},
+        "providers": {
+            "hs": {"issuer": ISSUER, "secret": SECRET, "algorithms": ["HS256"], "audiences": [AUD]}
+        },
         "headers": {"claims": {"X-User-Id": "sub"}, "strip_prefixes": ["X-User-"]},
         "routes": [
-            {"name": "dav", "match": {"path": "/dav/**", "methods": ["PROPFIND", "MKCOL", "GET"]}, "auth": "public"},
+            {
+                "name": "dav",
+                "match": {"path": "/dav/**", "methods": ["PROPFIND", "MKCOL", "GET"]},
+                "auth": "public",
+            },
             {"name": "getonly", "match": {"path": "/getonly/**", "methods": ["GET"]}, "auth": "public"},
             {"name": "strip", "match": {"path": "/api/**"}, "auth": "public", "strip_prefix": "/api"},
             {"name": "add", "match": {"path": "/add/**"}, "auth": "public", "add_prefix": "/v2"},
@@ -70,7 +76,12 @@ def config(upstream: StreamUpstream, raw_upstream: ThreadedRawServer) -> dict[st
                 "strip_prefix": "/svc",
                 "add_prefix": "/internal",
             },
-            {"name": "based", "match": {"path": "/based/**"}, "auth": "public", "upstream": upstream.url + "/base"},
+            {
+                "name": "based",
+                "match": {"path": "/based/**"},
+                "auth": "public",
+                "upstream": upstream.url + "/base",
+            },
             {"name": "keephost", "match": {"path": "/keephost/**"}, "auth": "public", "preserve_host": True},
             {"name": "private", "match": {"path": "/private/**"}},
             {
@@ -82,7 +93,10 @@ def config(upstream: StreamUpstream, raw_upstream: ThreadedRawServer) -> dict[st
             },
             {
                 "name": "public",
-                "match": {"path": "/**", "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]},
+                "match": {
+                    "path": "/**",
+                    "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                },
                 "auth": "public",
             },
         ],
@@ -117,8 +131,12 @@ def raw(gw: GatewayServer, request: bytes, *, method: str = "GET") -> Any:
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
-def test_standard_methods_reach_the_upstream(method: str, gw: GatewayServer, upstream: StreamUpstream) -> None:
-    r = httpx.request(method, gw.url + "/anything/x", content=b"body" if method in ("POST", "PUT", "PATCH") else None)
+def test_standard_methods_reach_the_upstream(
+    method: str, gw: GatewayServer, upstream: StreamUpstream
+) -> None:
+    r = httpx.request(
+        method, gw.url + "/anything/x", content=b"body" if method in ("POST", "PUT", "PATCH") else None
+    )
     assert r.status_code == 200
     assert r.json()["method"] == method
     assert upstream.seen[-1].method == method
@@ -134,7 +152,9 @@ def test_custom_methods_pass_when_the_route_allows_them(
     assert r.json()["body_size"] == len(b"<propfind/>")
 
 
-def test_a_method_the_route_does_not_list_is_not_forwarded(gw: GatewayServer, upstream: StreamUpstream) -> None:
+def test_a_method_the_route_does_not_list_is_not_forwarded(
+    gw: GatewayServer, upstream: StreamUpstream
+) -> None:
     before = len(upstream.seen)
     assert httpx.request("PROPFIND", gw.url + "/getonly/x").status_code == 404
     assert httpx.request("PROPFIND", gw.url + "/elsewhere").status_code == 404
@@ -170,7 +190,9 @@ def test_raw_query_reaches_the_upstream_byte_for_byte(
     assert upstream.seen[-1].path == "/public/q"
 
 
-def test_an_empty_query_marker_is_not_invented_or_dropped_wrongly(gw: GatewayServer, upstream: StreamUpstream) -> None:
+def test_an_empty_query_marker_is_not_invented_or_dropped_wrongly(
+    gw: GatewayServer, upstream: StreamUpstream
+) -> None:
     response = raw(gw, b"GET /public/q HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
     assert response.status == 200
     assert upstream.seen[-1].query == b""
@@ -212,7 +234,9 @@ def test_several_set_cookie_headers_keep_their_order(gw: GatewayServer) -> None:
 
 
 def test_content_encoding_passes_through_never_decoded(gw: GatewayServer) -> None:
-    response = raw(gw, b"GET /gzip HTTP/1.1\r\nHost: gw\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
+    response = raw(
+        gw, b"GET /gzip HTTP/1.1\r\nHost: gw\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    )
     assert response.status == 200
     assert response.header(b"content-encoding") == [b"gzip"]
     assert response.header(b"content-length") == [b"%d" % len(GZIP_BODY)]
@@ -223,7 +247,9 @@ def test_content_encoding_passes_through_never_decoded(gw: GatewayServer) -> Non
 def test_content_length_is_kept_and_chunked_stays_chunked(gw: GatewayServer) -> None:
     sized = raw(gw, b"GET /download?size=5000 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
     assert sized.framing == "length" and sized.complete and len(sized.body) == 5000
-    chunked = raw(gw, b"GET /download?size=300000&framing=chunked HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    chunked = raw(
+        gw, b"GET /download?size=300000&framing=chunked HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
     assert chunked.framing == "chunked" and chunked.complete and len(chunked.body) == 300000
 
 
@@ -270,8 +296,12 @@ def test_preserve_host_keeps_the_clients(gw: GatewayServer, upstream: StreamUpst
     assert hosts == [b"client.example"]
 
 
-def test_claim_headers_reach_the_upstream_of_a_protected_route(gw: GatewayServer, upstream: StreamUpstream) -> None:
-    r = httpx.get(gw.url + "/private/x", headers={"Authorization": f"Bearer {token()}", "X-User-Id": "mallory"})
+def test_claim_headers_reach_the_upstream_of_a_protected_route(
+    gw: GatewayServer, upstream: StreamUpstream
+) -> None:
+    r = httpx.get(
+        gw.url + "/private/x", headers={"Authorization": f"Bearer {token()}", "X-User-Id": "mallory"}
+    )
     assert r.status_code == 200
     assert [v for n, v in upstream.seen[-1].headers if n == b"x-user-id"] == [b"alice"]
     assert not any(n == b"authorization" for n, _ in upstream.seen[-1].headers)

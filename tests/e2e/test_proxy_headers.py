@@ -41,7 +41,9 @@ def config(upstream: ThreadedRawServer, **proxy: Any) -> dict[str, Any]:
         "admin": {"enabled": False},
         "upstream": upstream.url,
         "proxy": proxy,
-        "providers": {"hs": {"issuer": ISSUER, "secret": SECRET, "algorithms": ["HS256"], "audiences": [AUD]}},
+        "providers": {
+            "hs": {"issuer": ISSUER, "secret": SECRET, "algorithms": ["HS256"], "audiences": [AUD]}
+        },
         "headers": {"claims": {"X-User-Id": "sub"}},
         "routes": [
             {"name": "private", "match": {"path": "/private/**"}},
@@ -68,7 +70,9 @@ def gw_trusting(upstream: ThreadedRawServer) -> Iterator[GatewayServer]:
         yield server
 
 
-def forward(gw: GatewayServer, upstream: ThreadedRawServer, head: bytes, body: bytes = b"") -> ReceivedRequest:
+def forward(
+    gw: GatewayServer, upstream: ThreadedRawServer, head: bytes, body: bytes = b""
+) -> ReceivedRequest:
     """Send ``head`` (+ body) raw; return the request as the upstream parsed it."""
     before = len(upstream.raw.requests)
     with connect(gw.port) as sock:

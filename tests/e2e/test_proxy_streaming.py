@@ -104,7 +104,9 @@ class RSSWatch:
 
 
 @pytest.fixture(scope="module")
-def gateway_process(upstream: StreamUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway_process(
+    upstream: StreamUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     with GatewayProcess(config(upstream), tmp_path_factory.mktemp("gw")) as gw:
         # Warm up (first connection, first request) before measuring.
         assert httpx.get(gw.url + "/download?size=1000000").status_code == 200
@@ -125,7 +127,9 @@ def test_a_large_download_streams_with_flat_memory(
     assert watch.growth < RSS_BUDGET, f"gateway RSS grew by {watch.growth / 2**20:.1f} MiB"
 
 
-def test_a_large_upload_streams_with_flat_memory(gateway_process: GatewayProcess, upstream: StreamUpstream) -> None:
+def test_a_large_upload_streams_with_flat_memory(
+    gateway_process: GatewayProcess, upstream: StreamUpstream
+) -> None:
     started = time.monotonic()
     with RSSWatch(gateway_process.pid) as watch:
         r = stream_upload(gateway_process.url + "/upload", SIZE)
@@ -136,7 +140,9 @@ def test_a_large_upload_streams_with_flat_memory(gateway_process: GatewayProcess
     assert time.monotonic() - started < 60
 
 
-def test_a_large_upload_with_content_length_streams(gateway_process: GatewayProcess, upstream: StreamUpstream) -> None:
+def test_a_large_upload_with_content_length_streams(
+    gateway_process: GatewayProcess, upstream: StreamUpstream
+) -> None:
     size = 16 * 1024 * 1024
     body = (b"z" * 1024) * (size // 1024)
     with RSSWatch(gateway_process.pid):

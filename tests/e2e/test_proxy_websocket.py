@@ -51,7 +51,12 @@ def config(upstream: str, *, opt_in: bool = True) -> dict[str, Any]:
                 "audiences": [AUD],
                 "token": {"websocket_protocol": opt_in},
             },
-            "other": {"issuer": "https://other.test", "secret": OTHER_SECRET, "algorithms": ["HS256"], "audiences": [AUD]},
+            "other": {
+                "issuer": "https://other.test",
+                "secret": OTHER_SECRET,
+                "algorithms": ["HS256"],
+                "audiences": [AUD],
+            },
         },
         "headers": {"claims": {"X-User-Id": "sub"}},
         "routes": [

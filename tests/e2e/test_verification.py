@@ -39,6 +39,8 @@ COOKIE = "https://cookie.test"
 QUERY = "https://query.test"
 DOWN = "https://down.test"
 MAX_TOKEN_BYTES = 8 * 1024
+#: A claim given this value is left out of the token.
+DROP: Any = object()
 
 
 # ------------------------------------------------------------------------------- token helpers
@@ -68,15 +70,13 @@ def compact(header: Any, payload: Any, sign: Callable[[bytes], bytes] = HS_SIGN)
 
 
 def claims(iss: str | None = HS, **extra: Any) -> dict[str, Any]:
+    """Valid claims for ``iss`` (None: no iss), changed by ``extra``."""
     now = int(time.time())
     out: dict[str, Any] = {"sub": "alice", "aud": AUD, "iat": now, "exp": now + 300}
     if iss is not None:
         out["iss"] = iss
     out.update(extra)
     return {k: v for k, v in out.items() if v is not DROP}
-
-
-DROP: Any = object()
 
 
 def hs_token(iss: str | None = HS, *, headers: dict[str, Any] | None = None, **extra: Any) -> str:
@@ -106,6 +106,7 @@ def idp() -> Iterator[JWKSServer]:
 
 @pytest.fixture(scope="module")
 def rs_key(idp: JWKSServer) -> SigningKey:
+    """The IdP's RS256 signing key (published with kid ``rs256-0`` and ``alg: RS256``)."""
     return new_signing_key("RS256", slot=0)
 
 
@@ -720,7 +721,7 @@ def test_cache_hit_does_not_skip_the_route_providers(gate: Gate) -> None:
 
 
 def test_expired_cached_token_is_refused(gate: Gate, gw: GatewayServer) -> None:
-    exp = int(time.time()) + 2
+    exp = time.time() + 0.8  # a fractional NumericDate is a valid one
     token = hs_token(SHORT, exp=exp)  # the "short" provider has no leeway
     gate.allowed("/api/x", headers=bearer(token))
     size = gw.gateway.policy.verifier.cache_size

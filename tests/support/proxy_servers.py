@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -167,6 +166,7 @@ class StreamUpstream(ServerThread):
             access_log=False,
             interface="asgi3",
             proxy_headers=False,
+            timeout_graceful_shutdown=1,  # handlers still waiting (slow, event streams) are cancelled
             **(tls or {}),
         )
         super().__init__(self._app, config=config)
@@ -199,7 +199,12 @@ class StreamUpstream(ServerThread):
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        seen = Seen(scope["method"], scope["raw_path"].decode("latin-1"), scope["query_string"], list(scope["headers"]))
+        seen = Seen(
+            scope["method"],
+            scope["raw_path"].decode("latin-1"),
+            scope["query_string"],
+            list(scope["headers"]),
+        )
         self.seen.append(seen)
         route = scope["path"]
         query = dict(
@@ -396,7 +401,7 @@ class WebSocketEcho:
                 self._handler,
                 "127.0.0.1",
                 0,
-                subprotocols=self.subprotocols,  # type: ignore[arg-type]
+                select_subprotocol=self._select,
                 process_request=self._record,
                 compression=None,
             )
@@ -404,6 +409,10 @@ class WebSocketEcho:
         self._server = self._call(start())
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         return self
+
+    def _select(self, connection: Any, offered: Any) -> Any:
+        # The first offered subprotocol this server speaks; none is fine too.
+        return next((p for p in offered if p in (self.subprotocols or [])), None)
 
     def _record(self, connection: Any, request: Any) -> None:
         self.handshakes.append({k.lower(): v for k, v in request.headers.raw_items()})
@@ -480,13 +489,18 @@ class GatewayProcess:
         command = Path(sys.executable).parent / "jwt-gateway"
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(command), "serve", "--config", str(self.config_file)], stdout=log, stderr=subprocess.STDOUT
+                [str(command), "serve", "--config", str(self.config_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 15
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the gateway exited: {self.log_file.read_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("the gateway did not start listening")
@@ -645,4 +659,3 @@ def stream_upload(url: str, size: int, headers: dict[str, str] | None = None) ->
     return httpx.post(url, content=body(), headers=headers, timeout=60)
 
 
-_ = ssl  # re-exported context for callers building TLS upstreams
