@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from gateway.asgi_types import Receive, Scope, Send
+from gateway.auth.extract import remove_cookie_credentials
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -264,9 +265,9 @@ class GatewayApp:
             else:
                 route = decision.route
                 assert route is not None and decision.path is not None
-                target = route.upstream_path(decision.path).encode("ascii")
-                if view.query:
-                    target += b"?" + view.query
+                target = route.upstream_target(decision.path, view.query)
+                if route.credential_cookies:
+                    headers = remove_cookie_credentials(headers, route.credential_cookies)
                 client_host = view.header(_HOST)
                 forwarding = settings.trusted.forwarding(view.client, scope["scheme"], client_host, headers)
                 method = view.method
@@ -412,9 +413,9 @@ class GatewayApp:
                     self._access(view, decision, status, started, request_id, None, error.reason)
                     return
                 assert route is not None and decision.path is not None
-                target = route.upstream_path(decision.path).encode("ascii")
-                if view.query:
-                    target += b"?" + view.query
+                target = route.upstream_target(decision.path, view.query)
+                if route.credential_cookies:
+                    headers = remove_cookie_credentials(headers, route.credential_cookies)
                 client_host = view.header(_HOST)
                 forwarding = settings.trusted.forwarding(view.client, scope["scheme"], client_host, headers)
                 upstream_headers = settings.plan.build(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from gateway.auth.claim_headers import ClaimHeaders, compile_headers
-from gateway.auth.extract import TokenLocations
+from gateway.auth.extract import TokenLocations, remove_query_credentials
 from gateway.auth.keys import KeyEvents, KeySource, KeySourcePlan, KeySourceRegistry
 from gateway.auth.rules import CompiledRule, compile_rule
 from gateway.auth.types import ProviderPolicy
@@ -84,6 +84,10 @@ class CompiledRoute:
     cors_preflight: bool
     websocket: bool
     close_on_expiry: bool
+    #: Token query parameters and cookies removed before forwarding (empty when the config
+    #: forwards credentials): a token is stripped wherever the route looked for it.
+    credential_query: frozenset[bytes] = frozenset()
+    credential_cookies: frozenset[bytes] = frozenset()
 
     @property
     def origin(self) -> Origin:
@@ -105,6 +109,14 @@ class CompiledRoute:
             path = self.add_prefix + (path if path != "/" else "") or "/"
         base = self.upstream.base_path if self.upstream is not None else ""
         return base + path if base else path
+
+    def upstream_target(self, path: str, query: bytes) -> bytes:
+        """The request target sent upstream: :meth:`upstream_path` plus the raw query, byte for
+        byte, minus any token parameter this route reads."""
+        target = self.upstream_path(path).encode("ascii")
+        if self.credential_query and query:
+            query = remove_query_credentials(query, self.credential_query)
+        return target + b"?" + query if query else target
 
 
 class Policy:
@@ -222,6 +234,9 @@ def _compile_route(
                 key = f"{where}.upstream" if route.upstream else "upstream"
                 raise ConfigError(f"invalid upstream URL: {exc}", path=key) from None
         upstream = upstreams[url]
+    # Public routes never look at a token, but a token sent to one is still a credential.
+    locations = TokenLocations.compile(cfg.providers[n].token for n in names)
+    forward = cfg.headers.forward_authorization
     rule: CompiledRule | None = None
     if route.require is not None:
         try:
@@ -234,7 +249,7 @@ def _compile_route(
         name=route.name or f"route{index}",
         auth=route.auth,
         providers=frozenset(route.providers) if route.providers is not None else None,
-        locations=TokenLocations.compile(cfg.providers[n].token for n in names),
+        locations=locations,
         rule=rule,
         upstream=upstream,
         strip_prefix=route.strip_prefix,
@@ -244,6 +259,8 @@ def _compile_route(
         cors_preflight=route.cors_preflight,
         websocket=route.websocket,
         close_on_expiry=route.close_on_expiry,
+        credential_query=frozenset() if forward else locations.query,
+        credential_cookies=frozenset() if forward else locations.cookies,
     )
 
 

@@ -34,7 +34,13 @@ from urllib.parse import unquote_to_bytes
 from gateway.config.models import TokenLocation
 from gateway.errors import CredentialsMalformed, TokenMalformed
 
-__all__ = ["STANDARD_QUERY_PARAMETER", "TokenLocations", "extract_token"]
+__all__ = [
+    "STANDARD_QUERY_PARAMETER",
+    "TokenLocations",
+    "extract_token",
+    "remove_cookie_credentials",
+    "remove_query_credentials",
+]
 
 #: RFC 6750 §2.3's query parameter; its presence beside another credential is always refused.
 STANDARD_QUERY_PARAMETER = b"access_token"
@@ -129,6 +135,41 @@ def _from_query(raw_query: bytes, names: frozenset[bytes]) -> tuple[list[bytes],
         if name == STANDARD_QUERY_PARAMETER:
             standard = True
     return found, standard
+
+
+def _param_name(pair: bytes) -> bytes:
+    name = pair.partition(b"=")[0]
+    if b"%" in name or b"+" in name:
+        name = unquote_to_bytes(name.replace(b"+", b" "))
+    return name
+
+
+def remove_query_credentials(raw_query: bytes, names: frozenset[bytes]) -> bytes:
+    """``raw_query`` without the token parameters ``names`` (compared as extraction compares
+    them); every other byte is kept as sent. Used so a query token never reaches the upstream."""
+    if not raw_query:
+        return raw_query
+    pairs = raw_query.split(b"&")
+    kept = [pair for pair in pairs if _param_name(pair) not in names]
+    return raw_query if len(kept) == len(pairs) else b"&".join(kept)
+
+
+def remove_cookie_credentials(
+    headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the token cookies ``names`` removed from every Cookie header (a Cookie
+    header left empty is dropped), so a cookie token never reaches the upstream."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b"cookie":
+            pairs = [
+                p for p in value.split(b";") if p.strip(_COOKIE_SEPARATORS).partition(b"=")[0] not in names
+            ]
+            value = b";".join(pairs).strip(_COOKIE_SEPARATORS)
+            if not value:
+                continue
+        out.append((name, value))
+    return out
 
 
 def extract_token(
