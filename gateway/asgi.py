@@ -232,13 +232,13 @@ class GatewayApp:
         """Decide one HTTP request, then deny it or forward it."""
         started = time.perf_counter()
         self.observer.request_started()
-        if is_forward_auth_call(self.pipeline.policy.config, scope["path"]):
-            await answer_forward_auth(self, scope, receive, send)
-            return
         policy = self.pipeline.policy
         settings = self._settings
         if settings.policy is not policy:
             settings = self._settings_for(policy)
+        if is_forward_auth_call(self.pipeline.policy.config, scope["path"]):
+            await answer_forward_auth(self, scope, receive, send)
+            return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id = request_id_of(headers)
         client = scope.get("client")

@@ -161,7 +161,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_expect_upgrade",
         "_head_bytes",
         "_head_size",
-        "_header_count",
         "_interim",
         "_is_head",
         "_loop",
@@ -242,7 +241,6 @@ class UpstreamConnection(asyncio.Protocol):
         # huge head arriving in the same read as its end is refused too).
         self._head_bytes = 0
         self._head_size = 0
-        self._header_count = 0
         self._te_count = 0
         self._te_value = b""
         self.status = 0
@@ -309,6 +307,10 @@ class UpstreamConnection(asyncio.Protocol):
         err = self._error
         if err is None:
             return None
+        return self._copy_error(err)
+
+    @staticmethod
+    def _copy_error(err: GatewayError) -> GatewayError:
         return type(err)(err.detail, reason=err.reason)
 
     def _fail(self, error: GatewayError) -> None:
@@ -355,9 +357,8 @@ class UpstreamConnection(asyncio.Protocol):
     async def wait_head(self) -> None:
         """Wait for the final (non-1xx) response head; raises the exchange's error."""
         while True:
-            err = self.error()
-            if err is not None:
-                raise err
+            if self._error is not None:
+                raise self._copy_error(self._error)
             if self.head_done:
                 return
             if self.closed:
@@ -519,7 +520,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_done:
             raise _ProtocolViolation("more than one response")
         self.headers = []
-        self._header_count = 0
         self._te_count = 0
         self.content_length = None
 
@@ -531,8 +531,8 @@ class UpstreamConnection(asyncio.Protocol):
             # A trailer field after a chunked body: counted against the head limit, never
             # merged into the headers (a trailer must not change framing or identity).
             return
-        self._header_count += 1
-        if self._header_count > self._max_headers:
+        headers = self.headers
+        if len(headers) >= self._max_headers:
             raise _ProtocolViolation("too many header fields")
         name = name.lower()
         if name in _RESPONSE_FRAMING:
@@ -542,7 +542,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._te_count += 1
                 self._te_value = value
-        self.headers.append((name, value))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser

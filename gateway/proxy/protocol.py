@@ -1,4 +1,4 @@
-"""The client-facing HTTP/1.1 protocol: uvicorn's httptools protocol, hardened.
+"""The client-facing HTTP/1.1 protocol: uvicorn's httptools protocol, hardened and trimmed.
 
 uvicorn's :class:`~uvicorn.protocols.http.httptools_impl.HttpToolsProtocol` has no limit on the
 size of a request head and no timeout for reading it (security-catalogue 6.6): a client can
@@ -12,15 +12,22 @@ cost per request:
   ends). Beyond ``max_head_bytes`` the client gets ``431`` and the connection is closed;
 - a **head timeout**: the whole head must arrive within ``head_timeout`` seconds of its first
   byte (for a new connection: of the connection). One timer per *connection*, re-armed lazily,
-  checks a timestamp that each request only writes: no timer is created per request. A late
-  head gets ``408`` and the connection is closed;
+  checks timestamps that each request only writes; the same timer enforces uvicorn's keep-alive
+  idle timeout (uvicorn schedules and cancels a timer per request). A late head gets ``408``;
+- **origin-form targets only**: an absolute-form (``GET http://other/``) or authority-form
+  (``CONNECT host:443``) target is ``400``: a gateway is no forward proxy;
 - **no protocol switch except WebSocket**: any other ``Upgrade`` (``h2c``...) is answered as a
   plain HTTP/1.1 request (the proxy never forwards ``Upgrade``) and the connection is closed
   after the answer, so bytes sent after the head are never parsed as a request;
-- ``400`` (malformed request), ``408`` and ``431`` answers are the gateway's problem+json
-  bodies, pre-rendered by the caller (this layer does not import the HTTP edge);
-- responses without a body (``204``, ``304``) may carry the upstream's ``Content-Length``
-  (RFC 9110 §8.6): uvicorn would otherwise expect that many body bytes and fail the response.
+- **trailers stay trailers**: uvicorn appends the trailer fields of a chunked body to the
+  request's header list (the very list the app reads); here they are dropped;
+- ``400`` (malformed request, also when the body's framing breaks after a good head), ``408``
+  and ``431`` answers are the gateway's problem+json bodies, pre-rendered by the caller (this
+  layer does not import the HTTP edge).
+
+Each request's :class:`GatewayCycle` writes the response head together with the first body
+bytes (one write, one segment), checks the head at C speed, lets 204/304 keep their
+Content-Length, and tells the forwarder at once when the client disconnects.
 
 The rest (parsing with llhttp in strict mode, pipelining, keep-alive, flow control, WebSocket
 hand-over) is uvicorn's.
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +45,7 @@ from typing import Any, ClassVar
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
@@ -58,6 +66,16 @@ _WS_LOG = logging.Logger("jwt_gateway.websocket", logging.WARNING)
 _WS_LOG.parent = log
 
 _NO_BODY_STATUS = frozenset({204, 304})
+_CRLF = b"\r\n"
+_COLON = b": "
+_LAST_CHUNK = b"0\r\n\r\n"
+_SPECIAL_RESPONSE_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+#: Control bytes allowed nowhere in a response head (HTAB is allowed; CR and LF are counted).
+_HEAD_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+#: Lower-case response header names already checked to be tokens (a small vocabulary).
+_KNOWN_NAMES: set[bytes] = set()
+_KNOWN_NAMES_MAX = 4096
 
 
 class _HeadTooLarge(Exception):
@@ -91,8 +109,13 @@ class ProtocolLimits:
 
 
 class GatewayCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle, with two additions.
+    """uvicorn's request/response cycle with a leaner ``send`` and two additions.
 
+    - ``send`` validates the response head at C speed once it is assembled (line ends counted,
+      control bytes searched, header names checked against a cache of known tokens) instead of
+      two regular-expression searches per header; it writes what uvicorn writes (names
+      lower-cased, ``Connection: close`` / chunked framing added the same way) except uvicorn's
+      own access log line (the gateway logs every request itself);
     - 204 and 304 may keep their Content-Length (no body follows, RFC 9110 §6.4.1);
     - a disconnect hook: while ``watcher`` holds a task, the client's disconnect cancels it at
       once and sets ``cancelled_by_disconnect``. The forwarder finds the cycle through
@@ -101,11 +124,122 @@ class GatewayCycle(RequestResponseCycle):
 
     watcher: asyncio.Task[Any] | None = None
     cancelled_by_disconnect = False
+    #: The response head, written with the first body message (see _start).
+    _head = b""
+    loop: asyncio.AbstractEventLoop
 
     async def send(self, message: Any) -> None:
-        await RequestResponseCycle.send(self, message)
-        if message["type"] == "http.response.start" and message["status"] in _NO_BODY_STATUS:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
+                )
+            self._start(message["status"], message.get("headers", ()))
+            return
+        if self.response_complete:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, after response already completed."
+            )
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        transport = self.transport
+        head = self._head
+        if head:
+            # The head goes out with the first body bytes: one write, one segment, one syscall.
+            self._head = b""
+        if self.scope["method"] == "HEAD":
             self.expected_content_length = 0
+            if head:
+                transport.write(head)
+        elif self.chunked_encoding:
+            if body:
+                frame = b"%x\r\n" % len(body)
+                if more_body:
+                    transport.write(b"".join((head, frame, body, _CRLF)))
+                else:
+                    transport.write(b"".join((head, frame, body, _CRLF, _LAST_CHUNK)))
+            elif not more_body:
+                transport.write(head + _LAST_CHUNK)
+            elif head:
+                transport.write(head)
+        else:
+            size = len(body)
+            if size > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= size
+            if head or body:
+                transport.write(head + body if head else body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                transport.close()
+            self.on_response()
+
+    def _start(self, status: int, headers: Any) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if self.default_headers:
+            headers = [*self.default_headers, *headers]
+        parts = [STATUS_LINE[status]]
+        lines = 2  # the status line and the blank line
+        chunked: bool | None = None
+        close = False
+        known = _KNOWN_NAMES
+        for name, value in headers:
+            if name not in known:
+                name = _checked_name(name)
+            if name in _SPECIAL_RESPONSE_HEADERS:
+                if name == b"content-length":
+                    if chunked is None:
+                        self.expected_content_length = int(value)
+                        chunked = False
+                elif name == b"transfer-encoding":
+                    if value.lower() == b"chunked":
+                        self.expected_content_length = 0
+                        chunked = True
+                elif b"close" in [token.strip().lower() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    close = True
+            parts += (name, _COLON, value, _CRLF)
+            lines += 1
+        if not self.keep_alive and not close:
+            parts.append(b"connection: close\r\n")
+            lines += 1
+        if status in _NO_BODY_STATUS:
+            # No body follows whatever Content-Length says (RFC 9110 §6.4.1).
+            self.expected_content_length = 0
+            chunked = False
+        elif chunked is None and self.scope["method"] != "HEAD":
+            chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+            lines += 1
+        self.chunked_encoding = chunked
+        parts.append(_CRLF)
+        head = b"".join(parts)
+        # Values were not inspected one by one: counting line ends over the whole head finds a
+        # CR or LF inside a value (response splitting), the search any other control byte.
+        if head.count(b"\n") != lines or head.count(b"\r") != lines or _HEAD_CONTROL.search(head):
+            raise RuntimeError("Invalid HTTP header value.")
+        # Held back until the first body message, or the end of this loop iteration at the
+        # latest (a streamed response whose first bytes take their time still shows its head).
+        self._head = head
+        self.loop.call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        head = self._head
+        if head:
+            self._head = b""
+            if not self.disconnected and not self.transport.is_closing():
+                self.transport.write(head)
 
     def client_gone(self) -> None:
         """Called by the protocol when the connection is lost before the response completed."""
@@ -114,6 +248,16 @@ class GatewayCycle(RequestResponseCycle):
             self.watcher = None
             self.cancelled_by_disconnect = True
             task.cancel()
+
+
+def _checked_name(name: bytes) -> bytes:
+    """``name`` lower-cased, once checked to be a token (known lower-case names are cached)."""
+    if not _TOKEN.match(name):
+        raise RuntimeError("Invalid HTTP header name.")
+    name = name.lower()
+    if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
+        _KNOWN_NAMES.add(name)
+    return name
 
 
 class HardenedHttpToolsProtocol(HttpToolsProtocol):
@@ -253,7 +397,22 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(400, msg)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's scope, built here rather than through super() (once per request).
+        self.url = b""
+        self.expect_100_continue = False
+        headers: list[tuple[bytes, bytes]] = []
+        self.headers = headers
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": headers,
+            "state": self.app_state.copy(),
+        }
         self._idle_since = 0.0
         self._head_started = self.loop.time()
         self._head_size = 0
@@ -323,6 +482,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             keep_alive=http_version != "1.0" and parser.should_keep_alive(),
             on_response=self.on_response_complete,
         )
+        self.cycle.loop = self.loop
         if existing_cycle is None or existing_cycle.response_complete:
             self._start_asgi_task(self.cycle, self.app)
         else:

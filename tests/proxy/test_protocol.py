@@ -118,3 +118,55 @@ def test_a_malformed_request_gets_a_problem_400(gateway: ServerThread) -> None:
         response = ResponseReader(sock).read()
     assert response.status == 400
     assert json.loads(response.body)["reason"] == "malformed_request"
+
+
+# ---------------------------------------------------------------- the response writer
+
+
+def app_answering(headers: list[tuple[bytes, bytes]], body: bytes = b"ok", **start: object) -> object:
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers, **start})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    return app
+
+
+def answer_of(app: object, request: bytes = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") -> bytes:
+    config = uvicorn_config(app, "127.0.0.1", 0, GatewayConfig())
+    with ServerThread(app, config=config) as server, connect(server.port) as sock:
+        sock.sendall(request)
+        sock.settimeout(5)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            if data.endswith(b"ok"):
+                break
+        return data
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x-a", b"1\r\nset-cookie: injected=1")],
+        [(b"x-a", b"1\nx-b: 2")],
+        [(b"x-a", b"nul\x00byte")],
+        [(b"x-a", b"bell\x07")],
+        [(b"bad name", b"1")],
+        [(b"x-a:", b"1")],
+    ],
+    ids=["crlf", "lf", "nul", "control", "space_in_name", "colon_in_name"],
+)
+def test_a_response_head_that_would_split_is_never_written(headers: list[tuple[bytes, bytes]]) -> None:
+    data = answer_of(app_answering(headers))
+    assert b"injected" not in data and b"x-b: 2" not in data
+    assert not data.startswith(b"HTTP/1.1 200")
+
+
+def test_names_are_written_lower_case_and_a_tab_is_allowed() -> None:
+    data = answer_of(app_answering([(b"content-length", b"2"), (b"X-Mixed-Case", b"v\tt")]))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nx-mixed-case: v\tt" in head  # names lower-cased as uvicorn writes them; HTAB allowed
+    assert body == b"ok"

@@ -657,5 +657,3 @@ def stream_upload(url: str, size: int, headers: dict[str, str] | None = None) ->
             yield piece
 
     return httpx.post(url, content=body(), headers=headers, timeout=60)
-
-
