@@ -151,7 +151,7 @@ class _All(_Node):
     def __init__(self, children: tuple[_Node, ...]) -> None:
         self.children = children
         self.label = "all of"
-        self.failure = RuleOutcome(False, "all of (" + ", ".join(c.label for c in children) + ")")
+        self.failure = RuleOutcome(False, "all of (" + ", ".join(_short(c) for c in children) + ")")
 
     def check(self, claims: Claims, params: Params) -> RuleOutcome | None:
         for child in self.children:
