@@ -18,7 +18,7 @@ from gateway.auth.keys import StaticKeys
 from gateway.errors import AlgorithmNotAllowed
 from tests.support.tokens import b64url_decode, signature_verifies
 
-VECTORS = Path("/work/shared/vectors")
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 WYCHEPROOF = VECTORS / "wycheproof"
 COOKBOOK = VECTORS / "jose-cookbook"
 
@@ -139,7 +139,7 @@ JWS_GROUP_EXPECTED = [
     "HS256", "ES256",
 ]  # fmt: skip
 
-#: Vectors a strict loader cannot satisfy (see /work/shared/vectors/README.md).
+#: Vectors a strict loader cannot satisfy (see tests/vectors/README.md).
 JWS_QUIRKS = {
     346: "vector quirk: the key labelled PS256 is used for the PS384 figure; strict binding refuses",
     350: "vector quirk: the key labelled PS256 is used for the PS384 figure; strict binding refuses",

@@ -8,7 +8,7 @@ algorithm, so the key-hygiene vectors (``use: enc``, ``key_ops``, ROCA, mixed ke
 judged end to end. A vector is "refused" when the key loader refuses its key or the verifier
 raises a :class:`GatewayError`; anything else escaping is a failure.
 
-Mislabelled vectors (``../shared/vectors/README.md``) are strict xfails, never loosened checks.
+Mislabelled vectors (``tests/vectors/README.md``) are strict xfails, never loosened checks.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gateway.auth.verify import Verifier, verify_jws_signature
 from gateway.errors import GatewayError, TokenMalformed
 from tests.auth.test_verify import StaticKeys
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 WYCHEPROOF = VECTORS / "wycheproof"
 COOKBOOK = VECTORS / "jose-cookbook"
 
