@@ -340,7 +340,7 @@ def _pip_can_build_offline() -> bool:
         version = tuple(int(x) for x in metadata.version("setuptools").split(".")[:2])
     except metadata.PackageNotFoundError:
         return False
-    if version < (68, 0):
+    if version < (77, 0):
         return False
     try:
         metadata.version("wheel")
