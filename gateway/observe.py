@@ -7,9 +7,10 @@ The proxy app fills one :class:`RequestRecord` per request and hands it to its
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from gateway import logs
+from gateway.logs import MAX_LOGGED_SUBJECT, AccessRecord
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
@@ -17,13 +18,14 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_LOGGED_SUBJECT", "Observer", "RequestRecord"]
 
-#: A logged subject is cut to this many characters (a subject is an id, not a document).
-MAX_LOGGED_SUBJECT: Final = 256
-
 
 @dataclass(slots=True)
-class RequestRecord:
-    """One finished request, as logged and counted."""
+class RequestRecord(AccessRecord):
+    """One finished request, as logged and counted.
+
+    Access writers format its attributes straight into a line (:func:`gateway.logs.format_record`);
+    :meth:`log_fields` is for everything else.
+    """
 
     request_id: str
     method: str
@@ -101,7 +103,7 @@ class Observer:
 
     def request_done(self, record: RequestRecord) -> None:
         """A request finished (answered, forwarded or aborted): log it and count it."""
-        logs.access(record.log_fields())
+        logs.access(record)
         metrics = self.metrics
         if metrics is not None:
             metrics.request_done(

@@ -10,6 +10,13 @@ Proxy mode, the ASGI and WSGI middlewares and forward-auth all call :meth:`Pipel
 (or its blocking twin); none of them re-implements a rule. The pipeline holds one immutable
 :class:`~gateway.policy.Policy`; a reload swaps the whole policy, so a request decided under
 one config never sees half of another.
+
+Two memos, kept per policy (a swap starts them afresh), spare the steps whose answer cannot
+change while the policy stays: the canonical path and route match of a (method, raw path, Host)
+(not for OPTIONS: a CORS preflight depends on more headers), and the rule outcome and claim
+headers of a verified token on a route without path parameters (the verified-token cache hands
+out the same ``VerifiedToken`` object for the same token). Both are bounded (cleared when full)
+and store only successes: a refusal is always worked out afresh.
 """
 
 from __future__ import annotations
@@ -37,6 +44,24 @@ if TYPE_CHECKING:
 Outcome = Literal["allowed", "denied", "report_only"]
 
 _EMPTY: Mapping[str, str] = {}
+#: Entries per memo (see the module docstring); a full memo is cleared, never scanned.
+MEMO_MAX_ENTRIES = 4096
+
+
+class _Memo:
+    """Per-policy memos of the request path (see the module docstring)."""
+
+    __slots__ = ("grants", "policy", "routes")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        #: (method, raw path, Host value) -> (canonical path, route, params).
+        self.routes: dict[tuple[str, bytes, bytes | None], tuple[str, CompiledRoute, Mapping[str, str]]] = {}
+        #: (id of the VerifiedToken, id of the route) -> (that token, that route, claim headers).
+        #: The entry holds both objects, so neither id can be reused while it exists.
+        self.grants: dict[
+            tuple[int, int], tuple[VerifiedToken, CompiledRoute, list[tuple[bytes, bytes]]]
+        ] = {}
 
 
 @dataclass(slots=True)
@@ -76,6 +101,7 @@ class Decision:
     params: Mapping[str, str] = field(default_factory=dict)
     error: GatewayError | None = None
     token: VerifiedToken | None = None
+    #: May be shared with other decisions (memoised per policy): read it, never modify it.
     claim_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: Seconds spent verifying the token (0 when none was verified).
     verify_seconds: float = 0.0
@@ -106,11 +132,18 @@ class Pipeline:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self._memo = _Memo(policy)
 
     def swap(self, policy: Policy) -> Policy:
         """Install ``policy`` for requests that start from now on; return the old one."""
         old, self.policy = self.policy, policy
+        self._memo = _Memo(policy)
         return old
+
+    def _memo_for(self, policy: Policy) -> _Memo | None:
+        # None while another thread swaps policies: that request just skips the memos.
+        memo = self._memo
+        return memo if memo.policy is policy else None
 
     # The async and blocking entry points share every step but the verification call.
 
@@ -122,8 +155,12 @@ class Pipeline:
             return early
         assert route is not None and path is not None and token is not None
         started = time.perf_counter()
+        verifier = policy.verifier
         try:
-            verified = await policy.verifier.verify(token, route.providers)
+            # A cache hit needs no coroutine.
+            verified = verifier.lookup(token, route.providers)
+            if verified is None:
+                verified = await verifier.verify(token, route.providers)
         except GatewayError as exc:
             return self._deny(route, path, params, exc, verify_seconds=time.perf_counter() - started)
         return self._after_verify(policy, route, path, params, verified, time.perf_counter() - started)
@@ -165,30 +202,22 @@ class Pipeline:
     def _before_verify(
         self, policy: Policy, view: RequestView, *, claims_given: bool = False
     ) -> tuple[Decision | None, CompiledRoute | None, str | None, Mapping[str, str], str | None]:
-        try:
-            path = canonical_path(view.raw_path, policy.normalize)
-        except PathNotCanonical as exc:
-            return Decision("denied", error=exc), None, None, _EMPTY, None
         host = view.header(b"host")
-        host_name = host.decode("latin-1") if host else None
-        if _is_preflight(view):
-            # A CORS preflight asks about the route of the method it announces, which need not
-            # list OPTIONS: let it through untokened only when that route allows preflights.
-            announced = view.header(b"access-control-request-method") or b""
-            target = policy.routes.match(announced.decode("latin-1").strip(), path, host_name)
-            if target is not None and target.payload.cors_preflight and target.payload.auth != "deny":
-                route = target.payload
-                return (
-                    Decision("allowed", route=route, path=path, params=target.params),
-                    None,
-                    path,
-                    target.params,
-                    None,
-                )
-        match = policy.routes.match(view.method, path, host_name)
-        if match is None:
-            return Decision("denied", path=path, error=policy.route_not_found()), None, path, _EMPTY, None
-        route, params = match.payload, match.params
+        memo = self._memo_for(policy) if view.method != "OPTIONS" else None
+        key = (view.method, view.raw_path, host)
+        known = memo.routes.get(key) if memo is not None else None
+        if known is not None:
+            path, route, params = known
+        else:
+            early, found = self._route(policy, view, host)
+            if early is not None:
+                return early, None, early.path, early.params, None
+            assert found is not None
+            path, route, params = found
+            if memo is not None:
+                if len(memo.routes) >= MEMO_MAX_ENTRIES:
+                    memo.routes.clear()
+                memo.routes[key] = found
         if route.auth == "deny":
             return (
                 self._deny(route, path, params, RouteDenied("this route is closed")),
@@ -212,6 +241,29 @@ class Pipeline:
             return self._deny(route, path, params, missing), None, path, params, None
         return None, route, path, params, token
 
+    @staticmethod
+    def _route(
+        policy: Policy, view: RequestView, host: bytes | None
+    ) -> tuple[Decision | None, tuple[str, CompiledRoute, Mapping[str, str]] | None]:
+        """The canonical path and the route it matches, or the early decision (refused path,
+        no route, an allowed CORS preflight)."""
+        try:
+            path = canonical_path(view.raw_path, policy.normalize)
+        except PathNotCanonical as exc:
+            return Decision("denied", error=exc), None
+        host_name = host.decode("latin-1") if host else None
+        if _is_preflight(view):
+            # A CORS preflight asks about the route of the method it announces, which need not
+            # list OPTIONS: let it through untokened only when that route allows preflights.
+            announced = view.header(b"access-control-request-method") or b""
+            target = policy.routes.match(announced.decode("latin-1").strip(), path, host_name)
+            if target is not None and target.payload.cors_preflight and target.payload.auth != "deny":
+                return Decision("allowed", route=target.payload, path=path, params=target.params), None
+        match = policy.routes.match(view.method, path, host_name)
+        if match is None:
+            return Decision("denied", path=path, error=policy.route_not_found()), None
+        return None, (path, match.payload, match.params)
+
     def _after_verify(
         self,
         policy: Policy,
@@ -221,6 +273,19 @@ class Pipeline:
         verified: VerifiedToken,
         seconds: float,
     ) -> Decision:
+        memo = self._memo_for(policy) if not params else None
+        if memo is not None:
+            granted = memo.grants.get((id(verified), id(route)))
+            if granted is not None and granted[0] is verified and granted[1] is route:
+                return Decision(
+                    "allowed",
+                    route=route,
+                    path=path,
+                    params=params,
+                    token=verified,
+                    claim_headers=granted[2],
+                    verify_seconds=seconds,
+                )
         claims = verified.claims
         if route.rule is not None:
             outcome = route.rule.evaluate(claims, params)
@@ -236,6 +301,10 @@ class Pipeline:
             headers = policy.headers.claim_headers(claims)
         except GatewayError as exc:
             return self._deny(route, path, params, exc, token=verified, verify_seconds=seconds)
+        if memo is not None:
+            if len(memo.grants) >= MEMO_MAX_ENTRIES:
+                memo.grants.clear()
+            memo.grants[(id(verified), id(route))] = (verified, route, headers)
         return Decision(
             "allowed",
             route=route,

@@ -218,6 +218,8 @@ async def run_servers(
     try:
         await main.serve(sockets=[sockets[0]] if sockets else None)
     finally:
+        # Drained: the access lines of the last requests may still sit in the buffer.
+        logs.flush()
         if sighup:
             loop.remove_signal_handler(signal.SIGHUP)
         if reloader is not None:

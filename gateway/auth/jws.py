@@ -17,8 +17,11 @@ from __future__ import annotations
 import binascii
 import json
 import re
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+import cachetools
 
 from gateway.errors import AlgorithmNotAllowed, TokenMalformed
 
@@ -67,11 +70,10 @@ _BRACKETS_ONLY = bytes(c for c in range(256) if c not in b"[]{}")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
-# Accepted headers by their (translated) segment. All tokens of one signing key share a header,
-# so its decoding and checks are done once. The dicts are shared: callers treat them as
-# read-only. A plain dict is safe under the GIL (get, set and clear are atomic).
+# Accepted headers are remembered by their (translated) segment: all tokens of one signing key
+# share a header, so its decoding and checks are done once. Least recently used first out, so a
+# flood of distinct headers cannot push out the few a deployment's keys produce for good.
 _HEADER_CACHE_SIZE = 64
-_HEADERS: dict[bytes, tuple[dict[str, Any], str, str | None]] = {}
 
 
 class JWSParts(NamedTuple):
@@ -230,6 +232,18 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
     return alg, kid
 
 
+@cachetools.cached(cachetools.LRUCache(maxsize=_HEADER_CACHE_SIZE), lock=threading.Lock())
+def _header_of(header_b64: bytes) -> tuple[dict[str, Any], str, str | None]:
+    """The decoded and checked header of a segment, with its ``alg`` and ``kid``.
+
+    Cached (a refused header raises and is not remembered). The dict is shared: callers treat
+    it as read-only. The lock is for WSGI worker threads: an LRU's bookkeeping is not atomic.
+    """
+    header = _json_object(_decode_segment(header_b64, "header"), "header")
+    alg, kid = _check_header(header)
+    return header, alg, kid
+
+
 def _split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes, str, str | None]:
     if len(token) > MAX_TOKEN_CHARS:
         raise TokenMalformed("the token is too large", reason="token_too_large")
@@ -237,16 +251,7 @@ def _split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes, str, str | 
         raise _not_compact(token)
     raw = token.encode("ascii")
     header_b64, payload_b64, signature_b64 = raw.translate(_URLSAFE_TO_STANDARD).split(b".")
-    known = _HEADERS.get(header_b64)
-    if known is None:
-        header = _json_object(_decode_segment(header_b64, "header"), "header")
-        alg, kid = _check_header(header)
-        if len(_HEADERS) >= _HEADER_CACHE_SIZE:
-            # A flood of distinct headers only costs re-parsing; no LRU bookkeeping needed.
-            _HEADERS.clear()
-        _HEADERS[header_b64] = (header, alg, kid)
-    else:
-        header, alg, kid = known
+    header, alg, kid = _header_of(header_b64)
     payload = _decode_segment(payload_b64, "payload")
     signature = _decode_segment(signature_b64, "signature")
     signing_input = raw[: len(header_b64) + 1 + len(payload_b64)]

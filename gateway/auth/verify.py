@@ -20,16 +20,23 @@ the token's ``exp``, the cache TTL and the end of its key set's usability (``max
 remembers its key and the key source's ``generation``: when a refresh installs a different set,
 the next hit checks that the key is still published (a dict lookup), else the token is verified
 afresh, so a withdrawn key is refused after the next refresh even for cached tokens.
+
+A cache hit is a plain dict lookup and a few comparisons, without a lock: single operations on
+the cache (get, pop) are atomic under the GIL, and only inserting (the size check and the
+eviction of the oldest entry, after a ~100 us signature check anyway) takes the lock, so WSGI
+worker threads can share the cache. The least recently used entry is evicted first (a hit
+moves its entry to the end: one C call).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
-
-from cachetools import LRUCache
 
 from gateway.auth.jws import JWSParts, ParsedJWS, parse_compact
 from gateway.auth.types import Claims, KeyLookup, ProviderPolicy, VerificationKey, VerifiedToken
@@ -268,9 +275,22 @@ def check_claims(policy: CompiledPolicy, claims: Claims, now: float) -> float | 
 
 class _Entry:
     """One verified token. ``source``/``generation``/``key`` let a hit notice that the key set
-    changed since: the key is then looked up again (withdrawn: the entry is dropped)."""
+    changed since: the key is then looked up again (withdrawn: the entry is dropped).
 
-    __slots__ = ("deadline", "generation", "key", "leeway", "nbf", "source", "verified")
+    ``expired_at`` (``exp`` + leeway) and ``valid_from`` (``nbf`` - leeway) are the instants a
+    hit re-checks, so that a clock moved back or forward is still judged as a fresh check would.
+    """
+
+    __slots__ = (
+        "deadline",
+        "expired_at",
+        "generation",
+        "key",
+        "provider",
+        "source",
+        "valid_from",
+        "verified",
+    )
 
     def __init__(
         self,
@@ -284,8 +304,10 @@ class _Entry:
     ) -> None:
         self.deadline = deadline
         self.verified = verified
-        self.nbf = nbf
-        self.leeway = leeway
+        self.provider = verified.provider
+        exp = verified.expires_at
+        self.expired_at = math.inf if exp is None else exp + leeway
+        self.valid_from = -math.inf if nbf is None else nbf - leeway
         self.source = source
         self.generation = generation
         self.key = key
@@ -333,10 +355,11 @@ class Verifier:
         self._clock = clock
         self._ttl = float(cache_ttl)
         self._max_token_bytes = max_token_bytes
-        self._cache: LRUCache[str, _Entry] | None = (
-            LRUCache(maxsize=cache_max_entries) if cache_enabled and cache_max_entries > 0 else None
+        self._cache: OrderedDict[str, _Entry] | None = (
+            OrderedDict() if cache_enabled and cache_max_entries > 0 else None
         )
-        # cachetools is not thread-safe and verify_blocking runs on WSGI worker threads.
+        self._cache_max_entries = cache_max_entries
+        # Taken to insert (size check + eviction): verify_blocking runs on WSGI worker threads.
         self._lock = threading.Lock()
         #: Optional metrics hooks, one call per cache lookup that found a usable entry / none
         #: (set by ``build_policy`` only when the cache is on; must be cheap and never raise).
@@ -344,6 +367,17 @@ class Verifier:
         self.on_cache_miss: Callable[[], object] | None = None
 
     # -- public API -------------------------------------------------------------------------
+
+    def lookup(self, token: str, allowed: frozenset[str] | None = None) -> VerifiedToken | None:
+        """The cached verification of ``token`` (counted as a cache hit), else ``None``.
+
+        The synchronous fast path in front of :meth:`verify` (which then counts the miss): a
+        hit is judged exactly as :meth:`verify` would judge it, and raises the same errors.
+        """
+        hit = self._cached(token, allowed)
+        if hit is not None and self.on_cache_hit is not None:
+            self.on_cache_hit()
+        return hit
 
     async def verify(self, token: str, allowed: frozenset[str] | None = None) -> VerifiedToken:
         """Verify ``token`` for a route accepting the ``allowed`` providers (``None``: any).
@@ -413,34 +447,32 @@ class Verifier:
         cache = self._cache
         if cache is None:
             return None
-        with self._lock:
-            entry = cache.get(token)
+        entry = cache.get(token)
         if entry is None:
             return None
         now = self._clock()
         if now >= entry.deadline:
-            with self._lock:
-                cache.pop(token, None)
+            cache.pop(token, None)
             return None
         source = entry.source
         if source is not None and source.generation != entry.generation:
             # The key set changed since this token was verified: is its key still there?
             generation = source.generation
             if not source.holds(entry.key):
-                with self._lock:
-                    cache.pop(token, None)
+                cache.pop(token, None)
                 return None  # verified afresh: answers unknown_kid, bad_signature or 503
             entry.generation = generation
-        verified = entry.verified
-        if allowed is not None and verified.provider not in allowed:
+        # Least recently used goes first; another thread may have evicted it just now.
+        with contextlib.suppress(KeyError):
+            cache.move_to_end(token)
+        if allowed is not None and entry.provider not in allowed:
             raise IssuerMismatch("the token's issuer is not accepted here", reason="issuer_not_allowed")
         # The deadline already ends at exp; re-checking keeps a moved clock honest.
-        exp = verified.expires_at
-        if exp is not None and exp <= now - entry.leeway:
+        if now >= entry.expired_at:
             raise TokenExpired("the token has expired")
-        if entry.nbf is not None and entry.nbf > now + entry.leeway:
+        if now < entry.valid_from:
             raise TokenNotYetValid("the token is not valid yet")
-        return verified
+        return entry.verified
 
     def _route(self, token: str, allowed: frozenset[str] | None) -> tuple[ParsedJWS, CompiledPolicy]:
         parsed = parse_compact(token)
@@ -491,5 +523,8 @@ class Verifier:
                     key,
                 )
                 with self._lock:
+                    if token not in cache:
+                        while len(cache) >= self._cache_max_entries:
+                            cache.popitem(last=False)
                     cache[token] = entry
         return verified

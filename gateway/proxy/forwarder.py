@@ -32,7 +32,6 @@ from gateway.proxy.headers import (
     HOP_BY_HOP,
     REGENERATED_FORWARDING,
     nominated_names,
-    strip_hop_by_hop_response,
 )
 from gateway.proxy.pool import Origin, UpstreamPool
 from gateway.proxy.protocol import GatewayCycle
@@ -65,22 +64,24 @@ class HeaderPlan:
     underscores, the token header...).
     """
 
-    __slots__ = ("_cache", "_drops_inbound")
+    __slots__ = ("_drops_inbound", "_from_trusted", "_from_untrusted")
 
     def __init__(self, drops_inbound: Callable[[bytes], bool]) -> None:
         self._drops_inbound = drops_inbound
-        # (name, trusted peer) -> dropped. Names come from a small vocabulary; bounded anyway.
-        self._cache: dict[tuple[bytes, bool], bool] = {}
+        # Name -> dropped, one table per kind of peer. Names come from a small vocabulary;
+        # bounded anyway.
+        self._from_trusted: dict[bytes, bool] = {}
+        self._from_untrusted: dict[bytes, bool] = {}
 
     def _drops(self, name: bytes, trusted_peer: bool) -> bool:
-        key = (name, trusted_peer)
-        drop = self._cache.get(key)
+        cache = self._from_trusted if trusted_peer else self._from_untrusted
+        drop = cache.get(name)
         if drop is None:
             drop = name in (_DROP_FROM_TRUSTED if trusted_peer else _DROP_FROM_UNTRUSTED) or (
                 self._drops_inbound(name)
             )
-            if len(self._cache) < _NAME_CACHE_MAX:
-                self._cache[key] = drop
+            if len(cache) < _NAME_CACHE_MAX:
+                cache[name] = drop
         return drop
 
     def build(
@@ -95,12 +96,12 @@ class HeaderPlan:
     ) -> list[tuple[bytes, bytes]]:
         """The upstream request headers: the client's that may cross, in order, then Host, the
         forwarding headers, the claim headers and the request id."""
-        cache = self._cache
+        cache = self._from_trusted if trusted_peer else self._from_untrusted
         kept: list[tuple[bytes, bytes]] = []
         nominated: list[bytes] | None = None
         for item in client_headers:
             name = item[0]
-            drop = cache.get((name, trusted_peer))
+            drop = cache.get(name)
             if drop is None:
                 drop = self._drops(name, trusted_peer)
             if drop:
@@ -172,7 +173,7 @@ class Forwarder:
         cycle = owner if isinstance(owner, GatewayCycle) else None
         watch: _DisconnectWatch | None = None
         if cycle is not None:
-            cycle.watcher = asyncio.current_task()
+            cycle.watcher = cycle.task or asyncio.current_task()
         else:
             watch = _DisconnectWatch(receive, body)
         started = time.perf_counter()
@@ -189,18 +190,25 @@ class Forwarder:
             try:
                 result.upstream_status = status = response.status
                 result.response_started = True
-                await send(
-                    {"type": _START, "status": status, "headers": strip_hop_by_hop_response(response.headers)}
-                )
+                headers = response.end_to_end_headers()
                 if not response.has_body():
-                    await send({"type": _BODY, "body": b"", "more_body": False})
+                    whole: bytes | None = b""
                 elif response.body_received:
                     # The whole body came with the head (the common small answer).
-                    await send({"type": _BODY, "body": response.take_body(), "more_body": False})
+                    whole = response.take_body()
                 else:
+                    whole = None
+                if whole is None:
+                    await send({"type": _START, "status": status, "headers": headers})
                     await self._stream(response, send, result)
+                elif cycle is None or not cycle.finish_parsed(
+                    status, headers, response.content_length, whole
+                ):
+                    # Under another ASGI server (or while the client is not reading): messages.
+                    await send({"type": _START, "status": status, "headers": headers})
+                    await send({"type": _BODY, "body": whole, "more_body": False})
             finally:
-                await response.aclose()
+                response.close()
         except asyncio.CancelledError:
             ours = cycle.cancelled_by_disconnect if cycle is not None else watch is not None and watch.fired
             if not ours:

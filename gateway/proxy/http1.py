@@ -19,11 +19,13 @@ import asyncio
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from operator import itemgetter
 from typing import Protocol, cast
 
 import httptools
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy.headers import HOP_BY_HOP, nominated_names
 
 # How the body of the current response ends, decided when its head is complete.
 NO_BODY = 0
@@ -63,6 +65,12 @@ _CRLF = b"\r\n"
 #: Bytes that may not appear in a request target (they would end or split the request line).
 _TARGET_BAD = bytes(range(0x21)) + b"\x7f"
 _RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+#: Response header names on_header must look at: framing, and hop-by-hop (not forwarded).
+_SPECIAL_RESPONSE_HEADERS = _RESPONSE_FRAMING | HOP_BY_HOP
+_HEADER_NAME = itemgetter(0)
+_HEADER_VALUE = itemgetter(1)
+_JOIN_FIELD = b": ".join
+_JOIN_LINES = b"\r\n".join
 
 
 class ConnectionOwner(Protocol):
@@ -116,28 +124,31 @@ def encode_request_head(
     """
     if not target or (target[0] != 0x2F and target != b"*") or target.translate(None, _TARGET_BAD) != target:
         raise ValueError("request target must be origin-form without spaces or control bytes")
+    # Names and fields are handled by C loops (set.issuperset, map with bytes.join): no
+    # Python-level iteration per header once every name is known.
+    if not _CHECKED_NAMES.issuperset(map(_HEADER_NAME, headers)):
+        for name, _ in headers:
+            if name not in _CHECKED_NAMES:
+                _check_name(name)
     parts = [_method_bytes(method), b" ", target, _REQUEST_LINE_END]
-    checked = _CHECKED_NAMES
-    for name, value in headers:
-        if name not in checked:
-            _check_name(name)
-        parts += (name, b": ", value, _CRLF)
-    lines = len(headers) + 2
+    if headers:
+        parts += (_JOIN_LINES(map(_JOIN_FIELD, headers)), _CRLF)
     if framing:
         parts.append(framing)
-        lines += 1
     if upgrade is not None:
         if not _TOKEN.match(upgrade.split(b"/", 1)[0]):
             raise ValueError("upgrade protocol is not an HTTP token")
         parts += (b"connection: upgrade\r\nupgrade: ", upgrade, _CRLF)
-        lines += 2
     parts.append(_CRLF)
-    head = b"".join(parts)
-    # Values were not inspected one by one: counting line ends once over the whole head finds
-    # any CR or LF smuggled inside a value (or name) at C speed.
-    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
+    # Names are checked tokens, the target and method were checked above: only values (and the
+    # upgrade protocol) may still smuggle a line end or a NUL. Joined, they are searched with
+    # memchr (``int in bytes``) rather than inspected one by one.
+    values = b"".join(map(_HEADER_VALUE, headers))
+    if upgrade is not None:
+        values += upgrade
+    if 13 in values or 10 in values or 0 in values:
         raise ValueError("request header value contains CR, LF or NUL")
-    return head
+    return b"".join(parts)
 
 
 def chunk_frame(data: bytes) -> bytes:
@@ -159,6 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_drain_waiter",
         "_error",
         "_expect_upgrade",
+        "_fields_counted",
         "_head_bytes",
         "_head_size",
         "_interim",
@@ -181,7 +193,9 @@ class UpstreamConnection(asyncio.Protocol):
         "chunks",
         "closed",
         "complete",
+        "connection_values",
         "content_length",
+        "forward_headers",
         "framing",
         "head_done",
         "headers",
@@ -241,10 +255,15 @@ class UpstreamConnection(asyncio.Protocol):
         # huge head arriving in the same read as its end is refused too).
         self._head_bytes = 0
         self._head_size = 0
+        # Whether _head_size includes the final head's fields (see _check_head).
+        self._fields_counted = False
         self._te_count = 0
         self._te_value = b""
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        #: ``headers`` without hop-by-hop ones, and the Connection values (collected as parsed).
+        self.forward_headers: list[tuple[bytes, bytes]] = []
+        self.connection_values: list[bytes] | None = None
         self.content_length: int | None = None
         self.framing = NO_BODY
         self.head_done = False
@@ -325,6 +344,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def wait_readable(self, max_wait: float | None) -> bool:
         """Wait until the protocol reports progress; False when ``max_wait`` passed first."""
+        waiter = self._new_read_waiter(max_wait)
+        try:
+            return await waiter
+        finally:
+            self._read_waiter = None
+
+    def _new_read_waiter(self, max_wait: float | None) -> asyncio.Future[bool]:
         waiter: asyncio.Future[bool] = self._loop.create_future()
         self._read_waiter = waiter
         if max_wait is None:
@@ -333,10 +359,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._read_deadline = self._loop.time() + max_wait
             if self._read_timer is None:
                 self._read_timer = self._loop.call_at(self._read_deadline, self._check_read_deadline)
-        try:
-            return await waiter
-        finally:
-            self._read_waiter = None
+        return waiter
 
     def _check_read_deadline(self) -> None:
         # One timer per connection, re-armed lazily: a wait only records its deadline, so the
@@ -365,7 +388,13 @@ class UpstreamConnection(asyncio.Protocol):
                 # EOF before a head (possibly before the exchange began: connection_lost then
                 # recorded no error): nothing more can arrive.
                 raise UpstreamUnavailable("the upstream closed the connection without answering")
-            if not await self.wait_readable(self._read_timeout):
+            # wait_readable, inlined: one coroutine less per request.
+            waiter = self._new_read_waiter(self._read_timeout)
+            try:
+                progressed = await waiter
+            finally:
+                self._read_waiter = None
+            if not progressed:
                 raise UpstreamTimeout("the upstream did not answer in time", reason="upstream_read_timeout")
 
     async def drain(self, *, until_answer: bool) -> None:
@@ -520,33 +549,68 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_done:
             raise _ProtocolViolation("more than one response")
         self.headers = []
+        self.forward_headers = []
+        self.connection_values = None
         self._te_count = 0
         self.content_length = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._max_head:
-            raise _ProtocolViolation("head too large")
+        # The head's size and field count are checked once it is complete (_check_head):
+        # until then a head is bounded by one read (and data_received counts the raw bytes of
+        # a head spanning reads).
         if self.head_done:
             # A trailer field after a chunked body: counted against the head limit, never
             # merged into the headers (a trailer must not change framing or identity).
+            if not self._fields_counted:
+                self._head_size += _fields_size(self.headers)
+                self._fields_counted = True
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > self._max_head:
+                raise _ProtocolViolation("head too large")
             return
-        headers = self.headers
-        if len(headers) >= self._max_headers:
-            raise _ProtocolViolation("too many header fields")
         name = name.lower()
-        if name in _RESPONSE_FRAMING:
-            if name == b"content-length":
-                # llhttp has already refused duplicates, signs, lists and overflow.
-                self.content_length = int(value)
+        item = (name, value)
+        self.headers.append(item)
+        if name not in _SPECIAL_RESPONSE_HEADERS:  # the common case: one set lookup
+            self.forward_headers.append(item)
+        elif name == b"content-length":
+            # llhttp has already refused duplicates, signs, lists and overflow.
+            self.content_length = int(value)
+            self.forward_headers.append(item)
+        elif name == b"transfer-encoding":
+            self._te_count += 1
+            self._te_value = value
+        elif name == b"connection":
+            if self.connection_values is None:
+                self.connection_values = [value]
             else:
-                self._te_count += 1
-                self._te_value = value
-        headers.append((name, value))
+                self.connection_values.append(value)
+
+    def _check_head(self) -> None:
+        # Every field counts its name, value, ": " and CRLF, over every head of the exchange
+        # (interim 1xx ones too). On the wire a field takes at least its name, value, ":" and
+        # CRLF, so the raw bytes received so far plus one per field bound the count from above:
+        # a head within that bound is not summed field by field (the common case).
+        headers = self.headers
+        count = len(headers)
+        if count > self._max_headers:
+            raise _ProtocolViolation("too many header fields")
+        if self._head_size == 0 and self._head_bytes + count <= self._max_head:
+            return
+        self._head_size += _fields_size(headers)
+        self._fields_counted = True
+        if self._head_size > self._max_head:
+            raise _ProtocolViolation("head too large")
 
     def on_headers_complete(self) -> None:
+        self._check_head()
         parser = self._parser
         status = parser.get_status_code()
+        if status < 200 and not self._fields_counted:
+            # An interim head: counted exactly now (the next head's bound assumes it).
+            self._head_size += _fields_size(self.headers)
+            if self._head_size > self._max_head:
+                raise _ProtocolViolation("head too large")
         if status < 200:
             if status == 101:
                 if not self._expect_upgrade:
@@ -600,6 +664,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = True
 
 
+def _fields_size(headers: list[tuple[bytes, bytes]]) -> int:
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -617,11 +688,22 @@ class UpstreamResponse:
     :meth:`aclose` in every case (it is a no-op then, and closes the connection otherwise).
     """
 
-    __slots__ = ("_conn", "_framing", "_owner", "content_length", "headers", "status")
+    __slots__ = (
+        "_conn",
+        "_connection_values",
+        "_forward_headers",
+        "_framing",
+        "_owner",
+        "content_length",
+        "headers",
+        "status",
+    )
 
     def __init__(self, conn: UpstreamConnection, owner: ConnectionOwner) -> None:
         self.status = conn.status
         self.headers = conn.headers
+        self._forward_headers = conn.forward_headers
+        self._connection_values = conn.connection_values
         #: The Content-Length the upstream declared (also for HEAD and 304), else ``None``.
         self.content_length = conn.content_length
         self._framing = conn.framing
@@ -629,6 +711,18 @@ class UpstreamResponse:
         self._conn: UpstreamConnection | None = conn
         if conn.complete and not conn.chunks and not conn.upgraded:
             self._finish(conn)
+
+    def end_to_end_headers(self) -> list[tuple[bytes, bytes]]:
+        """``headers`` without the hop-by-hop ones and those ``Connection`` nominates: what
+        :func:`gateway.proxy.headers.strip_hop_by_hop_response` gives, sorted out as parsed.
+        The list may be this response's own: do not modify it."""
+        headers = self._forward_headers
+        values = self._connection_values
+        if values is not None:
+            nominated = nominated_names(values)
+            if not nominated <= HOP_BY_HOP:
+                headers = [item for item in headers if item[0] not in nominated]
+        return headers
 
     def has_body(self) -> bool:
         """False for responses that carry no body: HEAD, 1xx, 204, 304."""
@@ -714,6 +808,10 @@ class UpstreamResponse:
 
     async def aclose(self) -> None:
         """Give the connection back: to the pool if the response ended cleanly, else closed."""
+        self.close()
+
+    def close(self) -> None:
+        """:meth:`aclose` without a coroutine (it never waits)."""
         conn = self._conn
         if conn is None:
             return

@@ -6,10 +6,11 @@ send a megabyte of header lines, or trickle one byte every few seconds and hold 
 forever (slowloris). :func:`hardened_protocol` returns a subclass that adds, at no measurable
 cost per request:
 
-- a **head size limit**: the request line and header fields are counted as llhttp hands them
-  over (each complete field, so a huge head arriving in one read is refused too), and the raw
-  bytes of a head that is still incomplete after a read are counted as well (a field that never
-  ends). Beyond ``max_head_bytes`` the client gets ``431`` and the connection is closed;
+- a **head size limit**: the request line is counted as llhttp hands it over, the header
+  fields once the head is complete (one C pass over the parsed fields, so a huge head arriving
+  in one read is refused too; until then it is bounded by that read), and the raw bytes of a
+  head that is still incomplete after a read are counted as well (a field that never ends).
+  Beyond ``max_head_bytes`` the client gets ``431`` and the connection is closed;
 - a **head timeout**: the whole head must arrive within ``head_timeout`` seconds of its first
   byte (for a new connection: of the connection). One timer per *connection*, re-armed lazily,
   checks timestamps that each request only writes; the same timer enforces uvicorn's keep-alive
@@ -27,7 +28,10 @@ cost per request:
 
 Each request's :class:`GatewayCycle` writes the response head together with the first body
 bytes (one write, one segment), checks the head at C speed, lets 204/304 keep their
-Content-Length, and tells the forwarder at once when the client disconnects.
+Content-Length, and tells the forwarder at once when the client disconnects. A response whose
+whole body is at hand goes out through :meth:`GatewayCycle.finish`: one call, one write, no
+ASGI messages. The cycle is built lean (positional arguments, constant state as class
+defaults, a one-waiter event instead of :class:`asyncio.Event`): it is made for every request.
 
 The rest (parsing with llhttp in strict mode, pipelining, keep-alive, flow control, WebSocket
 hand-over) is uvicorn's.
@@ -36,12 +40,13 @@ hand-over) is uvicorn's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httptools
 from uvicorn.config import Config
@@ -69,6 +74,8 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _CRLF = b"\r\n"
 _COLON = b": "
 _LAST_CHUNK = b"0\r\n\r\n"
+_JOIN_FIELD = b": ".join
+_JOIN_LINES = b"\r\n".join
 _SPECIAL_RESPONSE_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 #: Control bytes allowed nowhere in a response head (HTAB is allowed; CR and LF are counted).
 _HEAD_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -108,8 +115,50 @@ class ProtocolLimits:
             raise ValueError(f"responses for {sorted(missing)} are missing")
 
 
+class _RequestSignal(asyncio.Event):
+    """:class:`asyncio.Event` for the request body's arrival, without its per-instance deque
+    and loop binding (one is made per request; it rarely has a waiter)."""
+
+    def __init__(self) -> None:  # no super().__init__(): the state is the two fields below
+        self._value = False
+        self._waiters: list[asyncio.Future[bool]] | None = None  # type: ignore[assignment]
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            waiters = self._waiters
+            if waiters:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> Literal[True]:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = []
+        waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            waiters.remove(waiter)
+
+
+def _nothing() -> None:
+    return None
+
+
 class GatewayCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle with a leaner ``send`` and two additions.
+    """uvicorn's request/response cycle with a leaner ``send`` and three additions.
 
     - ``send`` validates the response head at C speed once it is assembled (line ends counted,
       control bytes searched, header names checked against a cache of known tokens) instead of
@@ -119,14 +168,124 @@ class GatewayCycle(RequestResponseCycle):
     - 204 and 304 may keep their Content-Length (no body follows, RFC 9110 §6.4.1);
     - a disconnect hook: while ``watcher`` holds a task, the client's disconnect cancels it at
       once and sets ``cancelled_by_disconnect``. The forwarder finds the cycle through
-      ``receive.__self__``: no timer and no watcher task per request.
+      ``receive.__self__``: no timer and no watcher task per request;
+    - :meth:`finish`: a whole response in one synchronous call.
     """
 
     watcher: asyncio.Task[Any] | None = None
+    #: The task running this cycle's ASGI app (set by the protocol when it starts it).
+    task: asyncio.Task[Any] | None = None
     cancelled_by_disconnect = False
     #: The response head, written with the first body message (see _start).
     _head = b""
     loop: asyncio.AbstractEventLoop
+
+    # The state every cycle starts with, as class attributes: set on the instance only once
+    # it changes (uvicorn's __init__ assigns all of it, with keyword arguments, per request).
+    access_log = False
+    default_headers: list[tuple[bytes, bytes]] = []  # never mutated: _start copies it
+    disconnected = False
+    waiting_for_100_continue = False
+    more_body = True
+    response_started = False
+    response_complete = False
+    chunked_encoding: bool | None = None
+    expected_content_length = 0
+
+    def __init__(  # positional on purpose: built for every request
+        self,
+        scope: Any,
+        transport: asyncio.Transport,
+        flow: Any,
+        logger: logging.Logger,
+        default_headers: list[tuple[bytes, bytes]],
+        expect_100_continue: bool,
+        keep_alive: bool,
+        on_response: Any,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.scope = scope
+        self.transport = transport
+        self.flow = flow
+        self.logger = self.access_logger = logger
+        if default_headers:
+            self.default_headers = default_headers
+        self.message_event = _RequestSignal()
+        self.on_response = on_response
+        self.keep_alive = keep_alive
+        if expect_100_continue:
+            self.waiting_for_100_continue = True
+        self.body = bytearray()
+        self.loop = loop
+
+    async def run_asgi(self, app: Any) -> None:
+        """uvicorn's ASGI exception wrapper (the same checks and log lines)."""
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self.send_500_response()
+            else:
+                self.transport.close()
+        else:
+            if result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self.transport.close()
+            elif not self.response_started and not self.disconnected:
+                self.logger.error("ASGI callable returned without starting response.")
+                await self.send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                self.logger.error("ASGI callable returned without completing response.")
+                self.transport.close()
+        finally:
+            self.on_response = _nothing
+
+    def finish(self, status: int, headers: Any, body: bytes) -> bool:
+        """Send a whole response (head and complete body) at once, as an ``http.response.start``
+        and a final ``http.response.body`` message would; ``False`` (nothing sent) when that
+        cannot happen without waiting (the transport is paused) or the response has started."""
+        if self.response_started or self.flow.write_paused or self.disconnected:
+            return False
+        self._start(status, headers, defer=False)
+        self._body(body, False)
+        return True
+
+    def finish_parsed(
+        self, status: int, headers: list[tuple[bytes, bytes]], content_length: int | None, body: bytes
+    ) -> bool:
+        """:meth:`finish` for an upstream's answer as :mod:`gateway.proxy.http1` parsed it.
+
+        ``headers`` are its end-to-end fields (no hop-by-hop ones, so no Transfer-Encoding or
+        Connection), with names lower-cased; llhttp (strict) has already refused names that
+        are not tokens and values with control bytes or line ends, and checked the status;
+        ``content_length`` is their Content-Length. The head is therefore assembled without
+        inspecting each field again; it says what :meth:`_start` would say.
+        """
+        if self.default_headers:
+            return self.finish(status, headers, body)
+        if self.response_started or self.flow.write_paused or self.disconnected:
+            return False
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        parts = [STATUS_LINE[status]]
+        if headers:
+            parts += (_JOIN_LINES(map(_JOIN_FIELD, headers)), _CRLF)
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        if status in _NO_BODY_STATUS:
+            self.expected_content_length = 0
+            self.chunked_encoding = False
+        elif content_length is not None:
+            self.expected_content_length = content_length
+            self.chunked_encoding = False
+        elif self.scope["method"] != "HEAD":
+            self.chunked_encoding = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(_CRLF)
+        self._head = b"".join(parts)
+        self._body(body, False)
+        return True
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -146,8 +305,9 @@ class GatewayCycle(RequestResponseCycle):
             )
         if message["type"] != "http.response.body":
             raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
-        body = message.get("body", b"")
-        more_body = message.get("more_body", False)
+        self._body(message.get("body", b""), message.get("more_body", False))
+
+    def _body(self, body: bytes, more_body: bool) -> None:
         transport = self.transport
         head = self._head
         if head:
@@ -184,7 +344,7 @@ class GatewayCycle(RequestResponseCycle):
                 transport.close()
             self.on_response()
 
-    def _start(self, status: int, headers: Any) -> None:
+    def _start(self, status: int, headers: Any, *, defer: bool = True) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
         if self.default_headers:
@@ -232,7 +392,8 @@ class GatewayCycle(RequestResponseCycle):
         # Held back until the first body message, or the end of this loop iteration at the
         # latest (a streamed response whose first bytes take their time still shows its head).
         self._head = head
-        self.loop.call_soon(self._flush_head)
+        if defer:
+            self.loop.call_soon(self._flush_head)
 
     def _flush_head(self) -> None:
         head = self._head
@@ -284,6 +445,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         #: Bytes of the current head counted so far: fields as parsed, or raw reads.
         self._head_size = 0
         self._head_raw = 0
+        self._read_size = 0
+        self._fields_counted = False
         self._head_timer: asyncio.TimerHandle | None = None
         #: Loop time the connection went idle after a response (keep-alive), 0.0 otherwise.
         self._idle_since = 0.0
@@ -354,6 +517,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ parsing
 
     def data_received(self, data: bytes) -> None:
+        self._read_size = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -417,6 +581,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = self.loop.time()
         self._head_size = 0
         self._head_raw = 0
+        self._fields_counted = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -425,21 +590,36 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = self._head_size + len(name) + len(value) + 4
-        self._head_size = size
-        if size > self._max_head:
-            raise _HeadTooLarge
         if not self._head_started:
             # A trailer field of a chunked body: uvicorn would append it to the request's
             # headers (the very list the app reads), turning a trailer into a header after
             # the fact. Trailers are dropped (counted against the head limit).
+            if not self._fields_counted:
+                self._head_size += _fields_size(self.headers)
+                self._fields_counted = True
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > self._max_head:
+                raise _HeadTooLarge
             return
+        # The fields' size is checked once the head is complete (on_headers_complete): until
+        # then a head is bounded by one read, and data_received counts the raw bytes of a head
+        # spanning reads.
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        # The fields count their name, value, ": " and CRLF. On the wire a field takes at least
+        # its name, value, ":" and CRLF, so this head's raw bytes (earlier reads, and the whole
+        # read that completes it) plus one per field bound the count from above: a head
+        # within that bound is not summed field by field (the common case).
+        headers = self.headers
+        if self._head_raw + self._read_size + len(headers) > self._max_head:
+            self._head_size += _fields_size(headers)
+            self._fields_counted = True
+            if self._head_size > self._max_head:
+                raise _HeadTooLarge
         self._head_started = 0.0
         url = self.url
         if not url.startswith(b"/") and url != b"*":
@@ -470,25 +650,34 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
         existing_cycle = self.cycle
         self.cycle = GatewayCycle(
-            scope=scope,
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-            on_response=self.on_response_complete,
+            scope,
+            self.transport,
+            self.flow,
+            self.logger,
+            self.server_state.default_headers,
+            self.expect_100_continue,
+            http_version != "1.0" and parser.should_keep_alive(),
+            self.on_response_complete,
+            self.loop,
         )
-        self.cycle.loop = self.loop
         if existing_cycle is None or existing_cycle.response_complete:
             self._start_asgi_task(self.cycle, self.app)
         else:
             # Pipelined requests wait for the previous response.
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, self.app))
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn's, remembering the task on the cycle: the forwarder learns which task to
+        # cancel on a disconnect without asyncio.current_task() (a getpid() call on 3.11).
+        if self.config.reset_contextvars:
+            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        if isinstance(cycle, GatewayCycle):
+            cycle.task = task
 
     def on_response_complete(self) -> None:
         self.server_state.total_requests += 1
@@ -505,6 +694,13 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         else:
             # Keep-alive: _check_head closes the connection if it stays idle too long.
             self._idle_since = self.loop.time()
+
+
+def _fields_size(headers: list[tuple[bytes, bytes]]) -> int:
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+    return size
 
 
 def hardened_protocol(limits: ProtocolLimits) -> type[HardenedHttpToolsProtocol]:

@@ -1317,6 +1317,20 @@ def test_cache_is_bounded() -> None:
     assert verifier.cache_size == 3
 
 
+def test_cache_evicts_the_least_recently_used_token() -> None:
+    verifier, keys = _cached_verifier(Clock(), cache_max_entries=2)
+    first, second, third = (make_token(claims_for(jti=str(i))) for i in range(3))
+    verifier.verify_blocking(first)
+    verifier.verify_blocking(second)
+    verifier.verify_blocking(first)  # a hit: ``second`` is now the least recently used
+    verifier.verify_blocking(third)  # evicts ``second``
+    lookups = len(keys.lookups)
+    verifier.verify_blocking(first)
+    assert len(keys.lookups) == lookups  # still cached
+    verifier.verify_blocking(second)
+    assert len(keys.lookups) == lookups + 1  # verified afresh
+
+
 def test_failures_are_not_cached_and_similar_tokens_do_not_hit() -> None:
     verifier, keys = _cached_verifier(Clock())
     token = make_token()

@@ -257,6 +257,29 @@ def test_a_head_just_under_the_limit_passes(gw: GatewayServer) -> None:
     assert response.status == 200
 
 
+def test_a_head_under_the_limit_passes_with_a_large_body_in_the_same_write(gw: GatewayServer) -> None:
+    # The head limit is first checked against the raw bytes read: a body read together with
+    # the head makes its fields be counted one by one, and a head under the limit passes.
+    body = b"b" * 1000  # the body limit here is 1 KiB
+    head = (
+        b"POST /public/up HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: %d\r\nX-Pad: "
+        % len(body)
+        + b"p" * 15800
+        + b"\r\n\r\n"
+    )
+    assert len(head) < 16 * 1024 < len(head + body)
+    (response,) = exchange(gw.port, head + body)
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(("trailer", "status"), [(100, 200), (7000, 431)])
+def test_trailers_count_on_top_of_the_head(gw: GatewayServer, trailer: int, status: int) -> None:
+    head = b"POST /public/up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nX-Pad: " + b"p" * 10000
+    request = head + b"\r\n\r\n2\r\nhi\r\n0\r\nX-T: " + b"t" * trailer + b"\r\n\r\nGET /public/x HTTP/1.1\r\n"
+    responses = exchange(gw.port, request + b"Host: gw\r\nConnection: close\r\n\r\n")
+    assert responses[0].status == status
+
+
 def test_a_client_trickling_its_head_is_cut_off(gw: GatewayServer) -> None:
     # head_timeout is 1 s here: the head must be complete 1 s after its first byte.
     started = time.monotonic()

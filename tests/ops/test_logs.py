@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import logs
 from gateway.observe import MAX_LOGGED_SUBJECT, Observer, RequestRecord
@@ -108,3 +114,127 @@ def test_before_configure_lines_go_through_the_logging_module() -> None:
         logs._writer = previous
     assert len(seen) == 1
     assert json.loads(logs.JSONFormatter().format(seen[0]))["route"] == "orders"
+
+
+# ============================================================ lines formatted from a record
+
+_text_values = st.text(max_size=40)
+_optional_text = st.none() | _text_values
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "BREW"]) | _text_values,
+    path=_optional_text,
+    route=_optional_text,
+    status=st.integers(100, 599),
+    reason=_text_values,
+    rule=_optional_text,
+    provider=_optional_text,
+    sub=_optional_text | st.integers() | st.just("s" * (MAX_LOGGED_SUBJECT + 5)),
+    client=_optional_text,
+    upstream_status=st.none() | st.integers(100, 599),
+    duration=st.floats(0, 1e4, allow_nan=False),
+)
+def test_a_record_formats_to_the_line_of_its_fields(
+    method: str,
+    path: str | None,
+    route: str | None,
+    status: int,
+    reason: str,
+    rule: str | None,
+    provider: str | None,
+    sub: str | int | None,
+    client: str | None,
+    upstream_status: int | None,
+    duration: float,
+) -> None:
+    r = record(
+        method=method,
+        path=path,
+        route=route,
+        status=status,
+        reason=reason,
+        rule=rule,
+        provider=provider,
+        sub=sub,
+        client=client,
+        upstream_status=upstream_status,
+        duration_ms=duration,
+    )
+    for fmt in ("json", "text"):
+        # Twice: the second line is built from the cached constant stretches.
+        for _ in range(2):
+            assert logs.format_record(r, fmt, created=12.5) == logs.format_access(
+                r.log_fields(), fmt, created=12.5
+            )
+
+
+# ======================================================================= the buffered writer
+
+
+def _buffered(stream: io.StringIO, seconds: float = 0.05) -> logs.AccessWriter:
+    return logs.AccessWriter(stream, "json", flush_seconds=seconds)
+
+
+def _ids(stream: io.StringIO) -> list[str]:
+    return [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+
+
+async def test_lines_on_the_loop_wait_for_the_timer() -> None:
+    stream = io.StringIO()
+    writer = _buffered(stream)
+    writer(record(request_id="a"))
+    writer(record(request_id="b"))
+    assert stream.getvalue() == ""  # buffered
+    await asyncio.sleep(0.2)
+    assert _ids(stream) == ["a", "b"]
+
+
+async def test_a_full_buffer_is_written_at_once() -> None:
+    stream = io.StringIO()
+    writer = _buffered(stream, seconds=60)
+    count = 0
+    while not stream.getvalue():
+        writer(record(request_id=str(count)))
+        count += 1
+        assert count < 10_000
+    assert len(stream.getvalue()) >= logs.FLUSH_BYTES
+    assert _ids(stream) == [str(i) for i in range(count)]  # whole lines, in order
+    writer.flush()
+
+
+async def test_flush_writes_out_and_cancels_the_timer() -> None:
+    stream = io.StringIO()
+    writer = _buffered(stream, seconds=0.05)
+    writer(record(request_id="a"))
+    writer.flush()
+    assert _ids(stream) == ["a"]
+    await asyncio.sleep(0.15)  # the cancelled timer writes nothing twice
+    assert _ids(stream) == ["a"]
+
+
+async def test_a_line_from_another_thread_goes_out_at_once_after_the_buffered_ones() -> None:
+    stream = io.StringIO()
+    writer = _buffered(stream, seconds=60)
+    writer(record(request_id="on-the-loop"))
+    thread = threading.Thread(target=writer, args=(record(request_id="from-a-thread"),))
+    thread.start()
+    thread.join()
+    assert _ids(stream) == ["on-the-loop", "from-a-thread"]
+
+
+def test_without_a_loop_every_line_is_written_through() -> None:
+    stream = io.StringIO()
+    writer = _buffered(stream)
+    writer(record(request_id="a"))
+    assert _ids(stream) == ["a"]
+
+
+async def test_the_module_flush_writes_out_the_installed_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    writer = _buffered(stream, seconds=60)
+    monkeypatch.setattr(logs, "_writer", writer)
+    writer(record(request_id="a"))
+    logs.flush()
+    assert _ids(stream) == ["a"]

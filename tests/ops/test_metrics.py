@@ -7,9 +7,10 @@ from typing import Any
 
 import jwt
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.config.models import GatewayConfig
-from gateway.metrics import KNOWN_METHODS, GatewayMetrics
+from gateway.metrics import KNOWN_METHODS, GatewayMetrics, _SharedRequestMetrics
 from gateway.policy import build_policy
 from tests.ops.harness import metric, parse_metrics
 
@@ -179,3 +180,90 @@ def test_two_instances_do_not_share_values() -> None:
     first, second = GatewayMetrics(), GatewayMetrics()
     done(first)
     assert metric(scrape(second), "jwt_gateway_requests_total") == 0
+
+
+def _reference_metrics() -> tuple[GatewayMetrics, CollectorRegistry]:
+    # The same hooks driving prometheus-client's own Counter/Histogram/Gauge objects (the
+    # multiprocess path, with in-process values), registered in a registry of their own.
+    reference = GatewayMetrics()
+    shared = reference._shared = _SharedRequestMetrics()
+    reference._local = None
+    reference.token_cache_hit = shared.cache_hits.inc
+    reference.token_cache_miss = shared.cache_misses.inc
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (
+        shared.requests,
+        shared.denials,
+        shared.request_duration,
+        shared.verify_duration,
+        shared.upstream_duration,
+        shared.in_flight,
+        shared.cache_hits,
+        shared.cache_misses,
+    ):
+        registry.register(collector)
+    return reference, registry
+
+
+def _request_lines(exposition: bytes) -> list[str]:
+    # The request-path families, without the ``_created`` timestamps (they differ by nature).
+    names = (
+        "jwt_gateway_requests",
+        "jwt_gateway_denials",
+        "jwt_gateway_request_duration_seconds",
+        "jwt_gateway_verify_duration_seconds",
+        "jwt_gateway_upstream_duration_seconds",
+        "jwt_gateway_in_flight_requests",
+        "jwt_gateway_token_cache_hits",
+        "jwt_gateway_token_cache_misses",
+    )
+    lines = []
+    for line in exposition.decode().splitlines():
+        name = line.split(" ")[2] if line.startswith("#") else line.split("{")[0].split(" ")[0]
+        if name.startswith(names) and "_created" not in name:
+            lines.append(line)
+    return lines
+
+
+def test_plain_number_metrics_expose_what_prometheus_client_objects_would() -> None:
+    local = GatewayMetrics()
+    reference, registry = _reference_metrics()
+    events: list[dict[str, Any]] = [
+        {},
+        {"duration": 0.0005, "verify": 0.00025},  # on bucket bounds: ``le`` is inclusive
+        {"duration": 120.0, "upstream": 99.0},  # beyond the last bound: +Inf only
+        {"route": None, "status": 404, "decision": "denied", "reason": "no_route", "upstream": None},
+        {"method": "BREW", "status": 401, "decision": "denied", "reason": "expired", "upstream": None},
+        {"decision": "report_only", "reason": "bad_signature"},
+        {"decision": "report_only", "reason": "ok"},
+        {"reason": "Not A Stable Reason!", "decision": "denied", "status": 403, "verify": 0.0},
+    ]
+    for metrics in (local, reference):
+        for overrides in events:
+            metrics.request_started()
+            done(metrics, **overrides)
+        metrics.request_started()  # one still in flight
+        for _ in range(3):
+            metrics.request_ended()
+        metrics.token_cache_hit()
+        metrics.token_cache_hit()
+        metrics.token_cache_miss()
+    expected = _request_lines(generate_latest(registry))
+    assert expected and any("_bucket" in line for line in expected)
+    assert _request_lines(local.render()[0]) == expected
+
+
+def test_created_samples_are_exposed_per_label_set() -> None:
+    metrics = GatewayMetrics()
+    before = time.time()
+    done(metrics)
+    samples = scrape(metrics)
+    created = metric(
+        samples,
+        "jwt_gateway_requests_created",
+        route="api",
+        method="GET",
+        status_class="2xx",
+        decision="allowed",
+    )
+    assert before - 1 <= created <= time.time() + 1

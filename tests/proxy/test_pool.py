@@ -564,6 +564,46 @@ def test_bad_upstream_framing_is_refused(run: Run, raw: bytes) -> None:
     run(scenario())
 
 
+def _padded_head(fields: int, extra: bytes = b"") -> bytes:
+    return H200 + b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 90) for i in range(fields)) + extra
+
+
+def test_a_head_within_the_limit_passes_whatever_follows_it_in_the_same_read(run: Run) -> None:
+    # The head limit is first checked against the raw bytes received: a body arriving in the
+    # same read makes the fields be counted one by one, and a head within the limit passes.
+    head = _padded_head(8, b"Content-Length: 5000\r\n\r\n")
+    assert len(head) < 1024
+
+    async def scenario() -> None:
+        async with RawServer(keep_alive(head + b"b" * 5000)) as server:
+            pool = make_pool(max_response_head=1024)
+            response, body = await fetch(pool, server.origin())
+            assert (response.status, body) == (200, b"b" * 5000)
+            await pool.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("trailer_bytes", "refused"), [(100, False), (400, True)])
+def test_trailers_count_on_top_of_the_head(run: Run, trailer_bytes: int, refused: bool) -> None:
+    head = _padded_head(7, b"Transfer-Encoding: chunked\r\n\r\n")  # ~750 bytes of fields
+    raw = head + b"2\r\nhi\r\n0\r\nX-T: " + b"t" * trailer_bytes + b"\r\n\r\n"
+
+    async def scenario() -> None:
+        async with RawServer(keep_alive(raw)) as server:
+            pool = make_pool(max_response_head=1024)
+            if refused:
+                with pytest.raises(UpstreamError) as caught:
+                    await fetch(pool, server.origin())
+                assert caught.value.reason == "upstream_protocol_error"
+            else:
+                response, body = await fetch(pool, server.origin())
+                assert (response.status, body) == (200, b"hi")
+            await pool.aclose()
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("piece", [50, 4096])
 def test_oversized_head_arriving_slowly_is_refused(run: Run, piece: int) -> None:
     async def endless_head(conn: ServerConn) -> None:

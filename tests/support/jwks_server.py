@@ -95,6 +95,7 @@ class JWKSServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -341,16 +342,25 @@ class JWKSServer:
 
     async def _shutdown(self) -> None:
         await self._close_listener()
+        # Abort connections still open (a client that gave up on a huge body leaves the handler
+        # in drain()): close() would wait for the write buffer to flush, and the loop stops next.
+        for writer in list(self._writers):
+            writer.transport.abort()
         for task in list(self._handlers):
             task.cancel()
         for task in list(self._handlers):
             with contextlib.suppress(BaseException):
                 await task
+        # abort() closes the socket in a callback: let it run before the loop is stopped, or the
+        # socket is left to the garbage collector (ResourceWarning).
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._writers.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
@@ -368,6 +378,7 @@ class JWKSServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+            self._writers.discard(writer)  # only now: _shutdown aborts one still closing
 
     def _answer(self, path: str) -> Response:
         with self._lock:
