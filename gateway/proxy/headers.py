@@ -115,6 +115,14 @@ def _strip(headers: Headers, drop: frozenset[bytes]) -> list[tuple[bytes, bytes]
     return kept
 
 
+def fields_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """What a head's fields count against a head size limit: name, value, ``": "`` and CRLF each."""
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
 def strip_hop_by_hop(headers: Headers) -> list[tuple[bytes, bytes]]:
     """The client's request headers without hop-by-hop headers, Content-Length and Host.
 

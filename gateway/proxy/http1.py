@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.proxy.headers import HOP_BY_HOP, nominated_names
+from gateway.proxy.headers import HOP_BY_HOP, fields_size, nominated_names
 
 # How the body of the current response ends, decided when its head is complete.
 NO_BODY = 0
@@ -562,7 +562,7 @@ class UpstreamConnection(asyncio.Protocol):
             # A trailer field after a chunked body: counted against the head limit, never
             # merged into the headers (a trailer must not change framing or identity).
             if not self._fields_counted:
-                self._head_size += _fields_size(self.headers)
+                self._head_size += fields_size(self.headers)
                 self._fields_counted = True
             self._head_size += len(name) + len(value) + 4
             if self._head_size > self._max_head:
@@ -597,7 +597,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise _ProtocolViolation("too many header fields")
         if self._head_size == 0 and self._head_bytes + count <= self._max_head:
             return
-        self._head_size += _fields_size(headers)
+        self._head_size += fields_size(headers)
         self._fields_counted = True
         if self._head_size > self._max_head:
             raise _ProtocolViolation("head too large")
@@ -608,7 +608,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         if status < 200 and not self._fields_counted:
             # An interim head: counted exactly now (the next head's bound assumes it).
-            self._head_size += _fields_size(self.headers)
+            self._head_size += fields_size(self.headers)
             if self._head_size > self._max_head:
                 raise _ProtocolViolation("head too large")
         if status < 200:
@@ -662,13 +662,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = False
             return
         self.complete = True
-
-
-def _fields_size(headers: list[tuple[bytes, bytes]]) -> int:
-    size = 0
-    for name, value in headers:
-        size += len(name) + len(value) + 4
-    return size
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

@@ -54,6 +54,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
+from gateway.proxy.headers import fields_size
+
 __all__ = [
     "GatewayCycle",
     "HardenedHttpToolsProtocol",
@@ -595,7 +597,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             # headers (the very list the app reads), turning a trailer into a header after
             # the fact. Trailers are dropped (counted against the head limit).
             if not self._fields_counted:
-                self._head_size += _fields_size(self.headers)
+                self._head_size += fields_size(self.headers)
                 self._fields_counted = True
             self._head_size += len(name) + len(value) + 4
             if self._head_size > self._max_head:
@@ -616,7 +618,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         # within that bound is not summed field by field (the common case).
         headers = self.headers
         if self._head_raw + self._read_size + len(headers) > self._max_head:
-            self._head_size += _fields_size(headers)
+            self._head_size += fields_size(headers)
             self._fields_counted = True
             if self._head_size > self._max_head:
                 raise _HeadTooLarge
@@ -694,13 +696,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         else:
             # Keep-alive: _check_head closes the connection if it stays idle too long.
             self._idle_since = self.loop.time()
-
-
-def _fields_size(headers: list[tuple[bytes, bytes]]) -> int:
-    size = 0
-    for name, value in headers:
-        size += len(name) + len(value) + 4
-    return size
 
 
 def hardened_protocol(limits: ProtocolLimits) -> type[HardenedHttpToolsProtocol]:

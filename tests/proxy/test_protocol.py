@@ -4,18 +4,23 @@ keep-alive idle timeout. (Size limits, slowloris and smuggling: tests/e2e/test_p
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
 import time
+import unittest.mock
 from collections.abc import Iterator
 
 import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from gateway.asgi import GatewayApp
 from gateway.config.loader import parse_config
 from gateway.config.models import GatewayConfig
 from gateway.policy import build_policy
-from gateway.proxy.protocol import ProtocolLimits
+from gateway.proxy.protocol import GatewayCycle, ProtocolLimits
 from gateway.server import protocol_limits, uvicorn_config
 from tests.support.proxy_servers import ResponseReader, ThreadedRawServer, connect
 from tests.support.servers import ServerThread
@@ -170,3 +175,23 @@ def test_names_are_written_lower_case_and_a_tab_is_allowed() -> None:
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nx-mixed-case: v\tt" in head  # names lower-cased as uvicorn writes them; HTAB allowed
     assert body == b"ok"
+
+
+def test_the_lean_cycle_has_every_attribute_uvicorns_cycle_sets() -> None:
+    # GatewayCycle builds itself without uvicorn's __init__ (it is made per request): an
+    # attribute a newer uvicorn sets there, and uses in receive() or send_500_response(), must
+    # show up here rather than as an AttributeError under load.
+    flow = FlowControl(unittest.mock.Mock())
+    args = ({"type": "http", "method": "GET"}, unittest.mock.Mock(), flow, logging.getLogger("t"))
+    theirs = RequestResponseCycle(
+        *args, logging.getLogger("t"), False, [], asyncio.Event(), False, True, _no_op
+    )
+    ours = GatewayCycle(*args, [], False, True, _no_op, unittest.mock.Mock())
+    missing = [name for name in vars(theirs) if not hasattr(ours, name)]
+    assert not missing, f"uvicorn's cycle sets {missing}; GatewayCycle.__init__ must set them too"
+    for name in ("disconnected", "response_started", "response_complete", "more_body", "keep_alive"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
+def _no_op() -> None:
+    return None
