@@ -274,37 +274,29 @@ class Pipeline:
         seconds: float,
     ) -> Decision:
         memo = self._memo_for(policy) if not params else None
-        if memo is not None:
-            granted = memo.grants.get((id(verified), id(route)))
-            if granted is not None and granted[0] is verified and granted[1] is route:
-                return Decision(
-                    "allowed",
-                    route=route,
-                    path=path,
-                    params=params,
-                    token=verified,
-                    claim_headers=granted[2],
-                    verify_seconds=seconds,
-                )
-        claims = verified.claims
-        if route.rule is not None:
-            outcome = route.rule.evaluate(claims, params)
-            if not outcome.ok:
-                # The failing condition is logged, never sent: it would teach clients the policy.
-                error = RuleFailed("the token does not satisfy this route's rule", scopes=outcome.scopes)
-                denied = self._deny(route, path, params, error, token=verified, verify_seconds=seconds)
-                denied.rule_failure = outcome.failed
-                if denied.outcome == "report_only":
-                    denied.claim_headers = self._claim_headers_or_none(policy, claims)
-                return denied
-        try:
-            headers = policy.headers.claim_headers(claims)
-        except GatewayError as exc:
-            return self._deny(route, path, params, exc, token=verified, verify_seconds=seconds)
-        if memo is not None:
-            if len(memo.grants) >= MEMO_MAX_ENTRIES:
-                memo.grants.clear()
-            memo.grants[(id(verified), id(route))] = (verified, route, headers)
+        granted = memo.grants.get((id(verified), id(route))) if memo is not None else None
+        if granted is not None and granted[0] is verified and granted[1] is route:
+            headers = granted[2]  # this token already passed this route's rule
+        else:
+            claims = verified.claims
+            if route.rule is not None:
+                outcome = route.rule.evaluate(claims, params)
+                if not outcome.ok:
+                    # The failing condition is logged, never sent: it would teach clients the policy.
+                    error = RuleFailed("the token does not satisfy this route's rule", scopes=outcome.scopes)
+                    denied = self._deny(route, path, params, error, token=verified, verify_seconds=seconds)
+                    denied.rule_failure = outcome.failed
+                    if denied.outcome == "report_only":
+                        denied.claim_headers = self._claim_headers_or_none(policy, claims)
+                    return denied
+            try:
+                headers = policy.headers.claim_headers(claims)
+            except GatewayError as exc:
+                return self._deny(route, path, params, exc, token=verified, verify_seconds=seconds)
+            if memo is not None:
+                if len(memo.grants) >= MEMO_MAX_ENTRIES:
+                    memo.grants.clear()
+                memo.grants[(id(verified), id(route))] = (verified, route, headers)
         return Decision(
             "allowed",
             route=route,
