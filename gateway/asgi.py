@@ -29,6 +29,8 @@ from gateway.errors import (
     InternalError,
     InvalidToken,
     LimitExceeded,
+    OverCapacity,
+    RequestTimeout,
     RouteDenied,
     UpstreamError,
 )
@@ -56,7 +58,6 @@ _HOST = b"host"
 _START = "http.response.start"
 _BODY = "http.response.body"
 _CLOSE = (b"connection", b"close")
-_OVER_CAPACITY = "over_capacity"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: Largest body of an upstream's refusal of a WebSocket handshake passed on to the client.
 _MAX_HANDSHAKE_BODY = 64 * 1024
@@ -98,10 +99,8 @@ async def _ignored() -> None:
     """Any other scope type: nothing to do."""
 
 
-def _overloaded(limit: int) -> GatewayError:
-    error = GatewayError(f"more than {limit} requests are being handled", reason=_OVER_CAPACITY)
-    error.status, error.title = 503, "Service Unavailable"
-    return error
+def _overloaded(limit: int) -> OverCapacity:
+    return OverCapacity(f"more than {limit} requests are being handled")
 
 
 class _Settings:
@@ -110,6 +109,7 @@ class _Settings:
     __slots__ = (
         "forward_auth_all",
         "forward_auth_path",
+        "body_timeout",
         "max_body_bytes",
         "max_concurrency",
         "plan",
@@ -126,6 +126,7 @@ class _Settings:
         proxy = config.proxy
         self.policy = policy
         self.max_body_bytes = proxy.max_body_bytes
+        self.body_timeout = proxy.body_timeout
         self.max_concurrency = proxy.max_concurrency
         self.retry = proxy.retry_on_connect_failure
         self.trusted = policy.trusted_proxies
@@ -306,6 +307,7 @@ class GatewayApp:
                         ),
                         retry_connect=settings.retry and method in _IDEMPOTENT,
                         max_body_bytes=settings.max_body_bytes,
+                        body_timeout=settings.body_timeout,
                     )
                     status = 499 if result.aborted else result.upstream_status or 502
             except GatewayError as exc:
@@ -543,10 +545,10 @@ class GatewayApp:
     async def _send_error(send: Any, error: GatewayError, policy: Policy, request_id: bytes) -> int:
         rendered = render_error(error, realm=policy.realm, request_id=request_id.decode())
         headers = [*rendered.headers, (_REQUEST_ID, request_id)]
-        if isinstance(error, LimitExceeded):
-            # The rest of an oversized body is not read: the connection cannot be reused.
+        if isinstance(error, (LimitExceeded, RequestTimeout)):
+            # The rest of an oversized or stalled body is not read: the connection cannot be reused.
             headers.append(_CLOSE)
-        elif error.reason == _OVER_CAPACITY:
+        elif isinstance(error, OverCapacity):
             headers.append((b"retry-after", b"1"))
         await send({"type": _START, "status": rendered.status, "headers": headers})
         await send({"type": _BODY, "body": rendered.body})

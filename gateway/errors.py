@@ -213,6 +213,23 @@ class LimitExceeded(GatewayError):
                 self.title = "Request Header Fields Too Large"
 
 
+class RequestTimeout(GatewayError):
+    """The client was too slow: its request head (``head_timeout``) or the next piece of its
+    body (``body_timeout``) did not arrive in time. Answered 408; the connection is closed."""
+
+    status = 408
+    reason = "request_timeout"
+    title = "Request Timeout"
+
+
+class OverCapacity(GatewayError):
+    """More requests are in flight than ``proxy.max_concurrency`` allows: 503 with Retry-After."""
+
+    status = 503
+    reason = "over_capacity"
+    title = "Service Unavailable"
+
+
 class KeysUnavailable(GatewayError):
     """No usable signing key is available because the IdP cannot be reached: 503, never 401."""
 

@@ -22,7 +22,7 @@ from gateway import logs
 from gateway.asgi import GatewayApp
 from gateway.config.loader import load_config
 from gateway.config.models import GatewayConfig
-from gateway.errors import GatewayError, LimitExceeded, RequestError
+from gateway.errors import GatewayError, LimitExceeded, RequestError, RequestTimeout
 from gateway.http.admin import AdminApp
 from gateway.http.problem import render_error
 from gateway.metrics import GatewayMetrics
@@ -78,8 +78,7 @@ def protocol_limits(cfg: GatewayConfig) -> ProtocolLimits:
     """The client-facing protocol's limits from ``cfg.proxy``, with their problem+json answers."""
     malformed = RequestError("the request is not valid HTTP/1.1", reason="malformed_request")
     malformed.bearer_error = None  # a framing error, not a credentials problem: no challenge
-    timeout = GatewayError("the request head did not arrive in time", reason="head_timeout")
-    timeout.status, timeout.title = 408, "Request Timeout"
+    timeout = RequestTimeout("the request head did not arrive in time", reason="head_timeout")
     too_large = LimitExceeded(
         f"the request head exceeds {cfg.proxy.max_head_bytes} bytes", reason="headers_too_large", status=431
     )

@@ -511,6 +511,8 @@ class Proxy(Strict):
     max_head_bytes: ByteSize = 16 * 1024
     #: The whole request head must arrive within this time (slowloris guard).
     head_timeout: Duration = 10.0
+    #: The client's request body may pause this long between two pieces (slow-body guard).
+    body_timeout: Duration = 60.0
     #: Requests handled at once; more get 503.
     max_concurrency: int = Field(1024, ge=1)
     #: Send the client's Host upstream instead of the upstream's.

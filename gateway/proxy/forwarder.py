@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.asgi_types import Receive, Scope, Send
-from gateway.errors import LimitExceeded, RequestError, UpstreamError
+from gateway.errors import LimitExceeded, RequestError, RequestTimeout, UpstreamError
 from gateway.proxy.headers import (
     FORWARDING_HEADERS,
     HOP_BY_HOP,
@@ -153,6 +153,7 @@ class Forwarder:
         *,
         retry_connect: bool,
         max_body_bytes: int | None,
+        body_timeout: float | None = None,
     ) -> None:
         """Send the request upstream with the client's body; stream the response to ``send``.
 
@@ -166,7 +167,7 @@ class Forwarder:
         if content_length is not None and max_body_bytes is not None and content_length > max_body_bytes:
             # Refused before reading a byte of it.
             raise LimitExceeded(f"the request body exceeds {max_body_bytes} bytes")
-        body = _Body(receive, content_length, max_body_bytes) if has_body else None
+        body = _Body(receive, content_length, max_body_bytes, body_timeout) if has_body else None
         # The gateway's own protocol cancels this task when the client goes away (no cost per
         # request); under another ASGI server a lazily armed watcher does it.
         owner = getattr(receive, "__self__", None)
@@ -303,21 +304,37 @@ async def _disconnected(receive: Receive) -> None:
 
 
 class _Body:
-    """The client's request body as an async iterator, with limits checked while streaming."""
+    """The client's request body as an async iterator, with limits checked while streaming:
+    its size, and how long it may pause between two pieces (``idle_timeout``, seconds)."""
 
-    __slots__ = ("content_length", "done", "limit", "receive", "seen")
+    __slots__ = ("content_length", "done", "idle_timeout", "limit", "receive", "seen")
 
-    def __init__(self, receive: Receive, content_length: int | None, limit: int | None) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        content_length: int | None,
+        limit: int | None,
+        idle_timeout: float | None = None,
+    ) -> None:
         self.receive = receive
         self.content_length = content_length
         self.limit = limit
+        self.idle_timeout = idle_timeout
         self.seen = 0
         self.done = False
 
     async def iterate(self) -> AsyncIterator[bytes]:
         """Yield the body's chunks as they arrive."""
         while not self.done:
-            message = await self.receive()
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    message = await self.receive()
+            except TimeoutError:
+                # A client trickling its body (or never sending what it announced) would hold a
+                # gateway slot and an upstream connection for as long as it likes.
+                raise RequestTimeout(
+                    f"the request body paused for more than {self.idle_timeout:g} s", reason="body_timeout"
+                ) from None
             if message["type"] == "http.disconnect":
                 raise RequestError(
                     "the client disconnected while sending the body", reason="client_disconnected"

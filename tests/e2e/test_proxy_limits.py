@@ -58,7 +58,9 @@ def raw_upstream() -> Iterator[ThreadedRawServer]:
 
 @pytest.fixture(scope="module")
 def gw(raw_upstream: ThreadedRawServer) -> Iterator[GatewayServer]:
-    with GatewayServer(config(raw_upstream.url, max_body_bytes=1024, head_timeout="1s")) as server:
+    with GatewayServer(
+        config(raw_upstream.url, max_body_bytes=1024, head_timeout="1s", body_timeout="1s")
+    ) as server:
         yield server
 
 
@@ -232,6 +234,40 @@ def test_a_content_length_shorter_than_the_body_cannot_smuggle_the_rest(
     assert [r.status for r in responses[1:]] == [401, 200]  # the rest is a request of its own: decided
     forwarded = raw_upstream.raw.requests[before:]
     assert [(r.target, r.body) for r in forwarded] == [(b"/public/up", b"abcd"), (b"/public/END", b"")]
+
+
+@pytest.mark.parametrize("sent", [b"", b"0123456789"], ids=["nothing", "a_part"])
+def test_a_stalled_body_is_408_and_never_completes_upstream(
+    gw: GatewayServer, raw_upstream: ThreadedRawServer, sent: bytes
+) -> None:
+    # body_timeout is 1 s here: a client announcing 100 bytes and sending fewer would otherwise
+    # hold a gateway slot and an upstream connection for as long as it likes.
+    started = time.monotonic()
+    with connect(gw.port) as sock:
+        sock.sendall(b"POST /public/stalled HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n" + sent)
+        response = read_response(sock, timeout=5)
+    elapsed = time.monotonic() - started
+    assert response.status == 408
+    assert 0.9 < elapsed < 3.5
+    assert response.header(b"connection") == [b"close"]
+    assert response.header(b"content-type") == [b"application/problem+json"]
+    assert b'"reason":"body_timeout"' in response.body.replace(b" ", b"")
+    assert not [r for r in raw_upstream.raw.requests if r.target == b"/public/stalled" and r.body_size == 100]
+
+
+def test_a_slow_body_that_keeps_moving_passes(gw: GatewayServer, raw_upstream: ThreadedRawServer) -> None:
+    # The limit is on each pause, not on the whole upload: 4 pieces 0.4 s apart take longer
+    # than body_timeout in total.
+    with connect(gw.port) as sock:
+        sock.sendall(
+            b"POST /public/trickle HTTP/1.1\r\nHost: gw\r\nContent-Length: 40\r\nConnection: close\r\n\r\n"
+        )
+        for _ in range(4):
+            time.sleep(0.4)
+            sock.sendall(b"z" * 10)
+        response = read_response(sock, timeout=5)
+    assert response.status == 200
+    assert [r.body_size for r in raw_upstream.raw.requests if r.target == b"/public/trickle"] == [40]
 
 
 # --------------------------------------------------------------------------------------- head
