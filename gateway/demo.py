@@ -69,12 +69,8 @@ def _banner(port: int, user: str, admin: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return f"""
 jwt-gateway demo is running: gateway {base}, echo upstream and a development issuer.
-Demo tokens (valid 1 hour; the issuer's key lives in memory only):
-
-  USER_TOKEN={user}
-  ADMIN_TOKEN={admin}
-
-Paste these into another shell:
+Demo tokens are valid for 1 hour (the issuer's key lives in memory only).
+Paste these lines into another shell:
 
   USER_TOKEN={user}
   ADMIN_TOKEN={admin}
