@@ -26,6 +26,7 @@ never decoded: a token needs no escaping, so an escaped one is malformed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -75,6 +76,8 @@ def _token_text(token: bytes) -> str:
 
 
 _COOKIE_SEPARATORS = b" \t"
+#: An RFC 9110 token: what an authorization scheme (or an auth-param's name alone) looks like.
+_AUTH_SCHEME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +131,7 @@ def _from_header(value: bytes, schemes: frozenset[bytes]) -> bytes | None:
         # scheme is a token, so this is no list of credentials.
         return credentials
     if b"," in value:
-        # A list of credentials (RFC 7235 allows it). Another scheme's parameters may hold
-        # commas (Digest); any list naming our scheme is a second credential.
-        for part in value.split(b","):
-            if part.strip(_COOKIE_SEPARATORS).partition(b" ")[0].lower() in schemes:
-                raise _multiple()
+        _check_list(value, schemes)
         return None
     if scheme and scheme.lower() in schemes:
         if not space:
@@ -147,6 +146,33 @@ def _from_header(value: bytes, schemes: frozenset[bytes]) -> bytes | None:
         if len(schemes) == 1:
             raise CredentialsMalformed("the token header does not hold one token68")
     return None
+
+
+def _check_list(value: bytes, schemes: frozenset[bytes]) -> None:
+    """Judge a comma-separated credential value (RFC 7235 allows a list): never one token of
+    ours, so one naming our scheme raises.
+
+    A list naming our scheme beside anything that looks like a credential (another scheme, or
+    ours again, or an empty element) is two credentials; our scheme followed only by text that
+    cannot start a credential (a JSON-serialised JWS, say) is a malformed header. Other schemes'
+    parameters may hold commas (Digest): a list without our scheme is not ours to judge.
+    """
+    ours = 0
+    credential_like = 0
+    garbage = False
+    for part in value.split(b","):
+        first = part.strip(_COOKIE_SEPARATORS).partition(b" ")[0]
+        if first.lower() in schemes:
+            ours += 1
+        elif not first or _AUTH_SCHEME.fullmatch(first):
+            credential_like += 1
+        else:
+            garbage = True
+    if not ours:
+        return
+    if ours > 1 or credential_like or not garbage:
+        raise _multiple()
+    raise CredentialsMalformed("the authorization header is not '<scheme> <token>'")
 
 
 def _from_cookies(value: bytes, names: frozenset[bytes], found: list[bytes]) -> None:

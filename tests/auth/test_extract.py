@@ -124,6 +124,12 @@ def test_another_scheme_holds_no_bearer_token(value: str) -> None:
         (f"Basic dXNlcjpwYXNz, Bearer {T1}", "multiple_credentials"),
         ('Bearer {"alg":"none"}', "malformed_authorization"),
         ("Bearer a\x00b", "malformed_authorization"),
+        (
+            'Bearer {"payload":"eyJ","signatures":[{"protected":"eyJ","signature":"c2ln"}]}',
+            "malformed_authorization",
+        ),
+        (f'Bearer {T1}, Digest username="a", realm="b"', "multiple_credentials"),
+        (f'Digest username="a", realm="b", Bearer {T1}', "multiple_credentials"),
     ],
     ids=[
         "scheme_only",
@@ -139,6 +145,9 @@ def test_another_scheme_holds_no_bearer_token(value: str) -> None:
         "basic_then_bearer",
         "json",
         "nul",
+        "json_serialised_jws",
+        "bearer_then_digest",
+        "digest_then_bearer",
     ],
 )
 def test_malformed_authorization_values(value: str, reason: str) -> None:
