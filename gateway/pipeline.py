@@ -46,6 +46,9 @@ Outcome = Literal["allowed", "denied", "report_only"]
 _EMPTY: Mapping[str, str] = {}
 #: Entries per memo (see the module docstring); a full memo is cleared, never scanned.
 MEMO_MAX_ENTRIES = 4096
+#: Only (path, Host) pairs up to this size are memoised: a client sending thousands of distinct
+#: 16 KiB paths must not make the memo hold tens of megabytes (it costs them a re-match only).
+MEMO_MAX_KEY_BYTES = 512
 
 
 class _Memo:
@@ -214,7 +217,7 @@ class Pipeline:
                 return early, None, early.path, early.params, None
             assert found is not None
             path, route, params = found
-            if memo is not None:
+            if memo is not None and len(view.raw_path) + (len(host) if host else 0) <= MEMO_MAX_KEY_BYTES:
                 if len(memo.routes) >= MEMO_MAX_ENTRIES:
                     memo.routes.clear()
                 memo.routes[key] = found

@@ -155,3 +155,68 @@ async def test_swap_installs_a_new_policy_for_new_requests(pipeline: Pipeline) -
         assert (await pipeline.decide(view("GET", b"/api/x", token()))).outcome == "denied"
     finally:
         pipeline.swap(old)
+
+
+# ============================================================================ per-policy memos
+
+MEMO_CONFIG = f"""
+upstream: http://127.0.0.1:9
+providers:
+  hs: {{issuer: https://hs.test, secret: "{SECRET}", algorithms: [HS256], audiences: [api]}}
+headers:
+  claims: {{X-User-Id: sub}}
+routes:
+  - name: admin-host
+    match: {{path: /x/**, host: admin.example}}
+    require: {{claim: roles, contains: admin}}
+  - {{name: other-hosts, match: {{path: /x/**}}}}
+  - name: admin
+    match: {{path: /admin/**}}
+    require: {{claim: roles, contains: admin}}
+"""
+
+
+def memo_pipeline() -> Pipeline:
+    return Pipeline(build_policy(parse_config(MEMO_CONFIG, env={})))
+
+
+async def test_a_memoised_route_still_depends_on_the_host() -> None:
+    p = memo_pipeline()
+    user = token()
+    for _ in range(3):  # decided again and again: the memo must answer as the first time did
+        d = await both(p, view("GET", b"/x/a", user, host="admin.example"))
+        assert isinstance(d.error, RuleFailed) and d.route is not None and d.route.name == "admin-host"
+        d = await both(p, view("GET", b"/x/a", user, host="www.example"))
+        assert d.outcome == "allowed" and d.route is not None and d.route.name == "other-hosts"
+
+
+async def test_a_memoised_grant_belongs_to_one_token() -> None:
+    p = memo_pipeline()
+    admin, user = token(roles=["admin"]), token(roles=["user"])
+    for _ in range(3):
+        granted = await both(p, view("GET", b"/admin/a", admin))
+        assert granted.outcome == "allowed"
+        assert granted.claim_headers == [(b"x-user-id", b"alice")]
+        assert isinstance((await both(p, view("GET", b"/admin/a", user))).error, RuleFailed)
+
+
+async def test_an_expired_token_is_refused_even_after_a_memoised_grant() -> None:
+    p = memo_pipeline()
+    admin = token(roles=["admin"])
+    assert (await both(p, view("GET", b"/admin/a", admin))).outcome == "allowed"
+    verifier = p.policy.verifier
+    later = time.time() + 3600
+    verifier._clock = lambda: later  # an hour on: past exp and the leeway
+    assert isinstance((await both(p, view("GET", b"/admin/a", admin))).error, TokenExpired)
+
+
+async def test_only_short_paths_are_memoised_and_a_swap_forgets_them() -> None:
+    p = memo_pipeline()
+    admin = token(roles=["admin"])
+    long_path = b"/admin/" + b"a" * 600
+    assert (await both(p, view("GET", long_path, admin))).outcome == "allowed"
+    assert (await both(p, view("GET", b"/admin/short", admin))).outcome == "allowed"
+    memoised = {key[1] for key in p._memo.routes}
+    assert b"/admin/short" in memoised and long_path not in memoised
+    p.swap(build_policy(parse_config(MEMO_CONFIG.replace("/admin/**", "/v2/**"), env={})))
+    assert isinstance((await both(p, view("GET", b"/admin/short", admin))).error, RouteNotFound)
