@@ -30,6 +30,7 @@ from gateway.errors import LimitExceeded, RequestError, RequestTimeout, Upstream
 from gateway.proxy.headers import (
     FORWARDING_HEADERS,
     HOP_BY_HOP,
+    MAX_CACHED_NAME,
     REGENERATED_FORWARDING,
     nominated_names,
 )
@@ -80,7 +81,7 @@ class HeaderPlan:
             drop = name in (_DROP_FROM_TRUSTED if trusted_peer else _DROP_FROM_UNTRUSTED) or (
                 self._drops_inbound(name)
             )
-            if len(cache) < _NAME_CACHE_MAX:
+            if len(name) <= MAX_CACHED_NAME and len(cache) < _NAME_CACHE_MAX:
                 cache[name] = drop
         return drop
 

@@ -79,6 +79,10 @@ def _nominated(values: list[bytes]) -> set[bytes]:
 
 #: ``Connection`` value -> the names it nominates. The same few values ("keep-alive", "close",
 #: "upgrade") come on nearly every message; bounded anyway.
+#: Names (and Connection values) longer than this are never cached: the caches of header
+#: names fill up once and stay, so a client sending thousands of distinct 16 KiB names must not
+#: make them hold tens of megabytes (real header names are short; a long one is just re-checked).
+MAX_CACHED_NAME = 64
 _NOMINATED: dict[bytes, frozenset[bytes]] = {}
 _NOMINATED_MAX = 256
 
@@ -90,7 +94,7 @@ def nominated_names(connection: list[bytes]) -> frozenset[bytes]:
         names = _NOMINATED.get(value)
         if names is None:
             names = frozenset(_nominated(connection))
-            if len(_NOMINATED) < _NOMINATED_MAX:
+            if len(value) <= MAX_CACHED_NAME and len(_NOMINATED) < _NOMINATED_MAX:
                 _NOMINATED[value] = names
         return names
     return frozenset(_nominated(connection))

@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.proxy.headers import HOP_BY_HOP, fields_size, nominated_names
+from gateway.proxy.headers import HOP_BY_HOP, MAX_CACHED_NAME, fields_size, nominated_names
 
 # How the body of the current response ends, decided when its head is complete.
 NO_BODY = 0
@@ -94,7 +94,7 @@ def _check_name(name: bytes) -> None:
         raise ValueError(
             f"request header {name.decode('ascii')!r} is derived by the pool and may not be passed"
         )
-    if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+    if len(name) <= MAX_CACHED_NAME and len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
         _CHECKED_NAMES.add(name)
 
 

@@ -54,7 +54,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
-from gateway.proxy.headers import fields_size
+from gateway.proxy.headers import MAX_CACHED_NAME, fields_size
 
 __all__ = [
     "GatewayCycle",
@@ -418,7 +418,7 @@ def _checked_name(name: bytes) -> bytes:
     if not _TOKEN.match(name):
         raise RuntimeError("Invalid HTTP header name.")
     name = name.lower()
-    if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
+    if len(name) <= MAX_CACHED_NAME and len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
         _KNOWN_NAMES.add(name)
     return name
 

@@ -1707,3 +1707,15 @@ def test_any_split_of_a_bad_response_is_refused(name: str) -> None:
     raw = BAD_FRAMING[name]
     for cut in range(1, len(raw)):
         assert _drive([raw[:cut], raw[cut:]])[4] == "upstream_protocol_error", cut
+
+
+def test_long_header_names_pass_but_are_not_remembered() -> None:
+    # The checked-name cache fills once and stays: a client's long names must not fill it.
+    long_name = b"x-" + b"n" * 200
+    short_name = b"x-short-enough"
+    head = http1.encode_request_head("GET", b"/", [(long_name, b"1"), (short_name, b"2")], b"", None)
+    assert long_name + b": 1\r\n" in head and short_name + b": 2\r\n" in head
+    assert short_name in http1._CHECKED_NAMES
+    assert long_name not in http1._CHECKED_NAMES
+    with pytest.raises(ValueError):  # a long bad name is still checked every time
+        http1.encode_request_head("GET", b"/", [(b"bad name " + b"n" * 200, b"1")], b"", None)
