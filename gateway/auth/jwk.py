@@ -18,7 +18,8 @@ Rules applied to every key, whatever its source:
   compute); no ROCA fingerprint (CVE-2017-15361).
 - EC: P-256, P-384, P-521 with full-length coordinates of a point on the curve; ``ES256`` binds
   to P-256 only, ``ES384`` to P-384, ``ES512`` to P-521 (the misspelling ``ES521`` is unknown).
-- OKP: Ed25519 and Ed448, for ``EdDSA``. X25519/X448 are key-agreement curves and refused.
+- OKP: Ed25519 and Ed448, for ``EdDSA``, or for RFC 9864's ``Ed25519`` / ``Ed448`` (each only
+  its own curve). X25519/X448 are key-agreement curves and refused.
 - HMAC keys must be at least as long as the hash output (RFC 7518 §3.2: 32/48/64 bytes).
 
 Algorithm binding (RFC 8725 §3.1, one key, one algorithm): a key with an ``alg`` member is bound
@@ -65,8 +66,14 @@ __all__ = [
     "public_key_to_verification_key",
 ]
 
-# PyJWT's algorithm objects are stateless: one shared instance per name.
-_PYJWT_ALGORITHMS: Final = get_default_algorithms()
+# PyJWT's algorithm objects are stateless: one shared instance per name. RFC 9864's
+# fully-specified ``Ed25519`` and ``Ed448`` verify as ``EdDSA`` does; what differs is which key
+# may carry them (the curve is in the name), checked when a key is bound.
+_PYJWT_ALGORITHMS: Final = {
+    **get_default_algorithms(),
+    "Ed25519": get_default_algorithms()["EdDSA"],
+    "Ed448": get_default_algorithms()["EdDSA"],
+}
 
 _RSA_ALGS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 #: JWK ``crv`` -> (curve, coordinate length in bytes, the one JWS algorithm for it).
@@ -81,7 +88,9 @@ _OKP_CURVES: Final = {"Ed25519": 32, "Ed448": 57}
 HMAC_MIN_BYTES: Final[Mapping[str, int]] = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 #: Every algorithm a key can be bound to (``none`` is not among them, in any spelling).
-SUPPORTED_ALGORITHMS: Final = frozenset((*_RSA_ALGS, "ES256", "ES384", "ES512", "EdDSA", *HMAC_MIN_BYTES))
+SUPPORTED_ALGORITHMS: Final = frozenset(
+    (*_RSA_ALGS, "ES256", "ES384", "ES512", "EdDSA", "Ed25519", "Ed448", *HMAC_MIN_BYTES)
+)
 
 _RSA_MIN_BITS: Final = 2048
 _RSA_MAX_BITS: Final = 8192
@@ -250,8 +259,10 @@ def _bind_public(public: Any, alg: str | None, algorithms: Sequence[str], kid: s
         if curve_alg is None:
             raise KeyRejected("crv_unsupported", f"EC curve {public.curve.name} is not supported")
         return _make(_bind(alg, algorithms, (curve_alg,)), public, kid, "EC")
-    if isinstance(public, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return _make(_bind(alg, algorithms, ("EdDSA",)), public, kid, "OKP")
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return _make(_bind(alg, algorithms, ("EdDSA", "Ed25519")), public, kid, "OKP")
+    if isinstance(public, ed448.Ed448PublicKey):
+        return _make(_bind(alg, algorithms, ("EdDSA", "Ed448")), public, kid, "OKP")
     raise KeyRejected("kty_unsupported", f"{type(public).__name__} keys are not supported")
 
 

@@ -27,7 +27,7 @@ from gateway.config.types import ByteSize, Duration
 #: Algorithms a provider may allow. ``none`` is not among them, in any spelling.
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
-    "HS256", "HS384", "HS512",
+    "Ed25519", "Ed448", "HS256", "HS384", "HS512",
 ]  # fmt: skip
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -75,6 +75,34 @@ def test_ed448_key_loads_for_eddsa() -> None:
     assert key.alg == "EdDSA"
 
 
+def _okp_jwk(curve: str, **extra: Any) -> tuple[dict[str, Any], Any]:
+    private = (ed25519.Ed25519PrivateKey if curve == "Ed25519" else ed448.Ed448PrivateKey).generate()
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": curve, "x": b64url(raw), **extra}, private
+
+
+def _signed(alg: str, private: Any) -> str:
+    # Signed by hand: PyJWT does not know RFC 9864's names.
+    head = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = b64url(json.dumps({"sub": "x"}).encode())
+    signature = private.sign(f"{head}.{body}".encode())
+    return f"{head}.{body}.{b64url(signature)}"
+
+
+@pytest.mark.parametrize("curve", ["Ed25519", "Ed448"])
+def test_rfc9864_fully_specified_eddsa_binds_only_its_own_curve(curve: str) -> None:
+    other = "Ed448" if curve == "Ed25519" else "Ed25519"
+    jwk, private = _okp_jwk(curve, alg=curve)
+    key = load_jwk(jwk, algorithms=[curve], remote=True)
+    assert key.alg == curve and key.kty == "OKP"
+    assert _verifies(key, _signed(curve, private))
+    # The key's alg names another curve: refused; without alg, bound by the allowed list.
+    assert _rejected(_okp_jwk(other, alg=curve)[0], algorithms=[curve, other]) == "alg_key_mismatch"
+    assert load_jwk(_okp_jwk(curve)[0], algorithms=[other, curve], remote=True).alg == curve
+    assert _rejected(_okp_jwk(curve)[0], algorithms=[other]) == "no_allowed_alg"
+    assert load_jwk(_okp_jwk(curve)[0], algorithms=["EdDSA", curve], remote=True).alg == "EdDSA"
+
+
 def test_key_without_alg_binds_to_first_allowed_algorithm_that_fits() -> None:
     jwk = _rsa_jwk(include_alg=False)
     assert load_jwk(jwk, algorithms=["ES256", "PS256", "RS256"], remote=True).alg == "PS256"

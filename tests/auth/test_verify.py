@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import get_default_algorithms
 
+from gateway.auth.jwk import load_jwk
 from gateway.auth.pyjwt_errors import PYJWT_ERRORS, translate_pyjwt_error
 from gateway.auth.types import ProviderPolicy, VerificationKey, VerifiedToken
 from gateway.auth.verify import Verifier, verify_signature
@@ -1496,3 +1497,19 @@ def test_pyjwt_mapping_samples() -> None:
 
     assert isinstance(translate_pyjwt_error(FutureError()), TokenMalformed)
     assert translate_pyjwt_error(ValueError()).status == 500
+
+
+# ============================================================ RFC 9864 fully-specified EdDSA
+
+
+def test_rfc9864_ed25519_tokens_verify_only_under_that_name() -> None:
+    raw = ED_KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(raw), "kid": "ed-9864", "alg": "Ed25519"}
+    key = load_jwk(jwk, algorithms=["Ed25519"], remote=True)
+    verifier = make_verifier(corp_policy(algorithms=("Ed25519",), keys=StaticKeys([key])))
+    token = make_token(alg="Ed25519", signing_alg="EdDSA", key=ED_KEY, kid="ed-9864")
+    assert verifier.verify_blocking(token).claims["sub"] == "alice"
+    # The same key and signature under the generic name: not the algorithm the key is bound to.
+    refused(verifier, make_token(alg="EdDSA", key=ED_KEY, kid="ed-9864"), AlgorithmNotAllowed)
+    # And a forged signature under the new name is still a bad signature.
+    refused(verifier, make_token(alg="Ed25519", key=ED_KEY, kid="ed-9864", signature=bytes(64)), BadSignature)
