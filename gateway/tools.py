@@ -73,7 +73,7 @@ from gateway.config.loader import load_config, load_yaml, read_text, substitute_
 from gateway.errors import ConfigError, GatewayError, TokenMissing
 from gateway.pipeline import Decision, Pipeline, RequestView
 from gateway.policy import CompiledRoute, Policy, build_policy
-from gateway.proxy.headers import FORWARDING_HEADERS, HOP_BY_HOP, strip_request_headers
+from gateway.proxy.headers import HOP_BY_HOP, is_forwarding_header, strip_request_headers
 from gateway.routing.path import canonical_path
 
 #: Seconds allowed for fetching one provider's keys (discovery + JWKS) offline.
@@ -359,8 +359,8 @@ def _stripped_headers(policy: Policy, view: RequestView) -> list[dict[str, str]]
     for name in _removed(view.headers, first):
         if name in HOP_BY_HOP:
             why = "hop-by-hop"
-        elif name in FORWARDING_HEADERS:
-            why = "forwarding header: regenerated from the real peer"
+        elif is_forwarding_header(name):
+            why = "forwarding header: regenerated from the real peer, or kept only from a trusted proxy"
         elif name == b"host":
             why = "replaced: the gateway sets Host, the upstream's unless preserve_host"
         elif name == b"content-length":

@@ -28,6 +28,7 @@ from typing import Any
 from gateway.asgi_types import Receive, Scope, Send
 from gateway.errors import LimitExceeded, RequestError, RequestTimeout, UpstreamError
 from gateway.proxy.headers import (
+    FORWARDED_PREFIX,
     FORWARDING_HEADERS,
     HOP_BY_HOP,
     MAX_CACHED_NAME,
@@ -78,8 +79,10 @@ class HeaderPlan:
         cache = self._from_trusted if trusted_peer else self._from_untrusted
         drop = cache.get(name)
         if drop is None:
-            drop = name in (_DROP_FROM_TRUSTED if trusted_peer else _DROP_FROM_UNTRUSTED) or (
-                self._drops_inbound(name)
+            drop = (
+                name in (_DROP_FROM_TRUSTED if trusted_peer else _DROP_FROM_UNTRUSTED)
+                or (not trusted_peer and name.startswith(FORWARDED_PREFIX))
+                or self._drops_inbound(name)
             )
             if len(name) <= MAX_CACHED_NAME and len(cache) < _NAME_CACHE_MAX:
                 cache[name] = drop

@@ -7,7 +7,8 @@ CVE-2022-31813). The client's ``Content-Length`` and ``Host`` never cross either
 re-derives framing, the forwarder sets the upstream's Host.
 
 Forwarding headers (``X-Forwarded-For/-Proto/-Host``, RFC 7239 ``Forwarded``) are always
-regenerated from the real peer. Incoming values are believed only from a peer inside
+regenerated from the real peer; the rest of the ``X-Forwarded-*`` family and ``X-Real-IP`` are
+dropped unless the peer is a trusted proxy. Incoming values are believed only from a peer inside
 ``trusted_proxies``; the chain is then walked right to left over trusted hops to the real client
 (as uvicorn's ``_TrustedHosts`` does), and kept from that client onwards with the peer appended.
 From anyone else they are replaced, never appended to. Garbage in a trusted chain never
@@ -47,6 +48,10 @@ REGENERATED_FORWARDING = frozenset(
 #: Forwarding headers the gateway does not set: kept only when the peer is a trusted proxy.
 TRUSTED_ONLY_FORWARDING = frozenset({b"x-forwarded-port", b"x-forwarded-prefix", b"x-real-ip"})
 FORWARDING_HEADERS = REGENERATED_FORWARDING | TRUSTED_ONLY_FORWARDING
+#: The rest of the ``X-Forwarded-*`` family (X-Forwarded-Ssl, -Scheme, -Uri, -Client-Cert...) is
+#: kept only from a trusted peer too: backends believe some of them (Rack takes
+#: X-Forwarded-Ssl: on for https, Envoy-fronted services read X-Forwarded-Client-Cert).
+FORWARDED_PREFIX = b"x-forwarded-"
 _FROM_TRUSTED = _REQUEST_DROP | REGENERATED_FORWARDING
 _FROM_UNTRUSTED = _REQUEST_DROP | FORWARDING_HEADERS
 
@@ -100,7 +105,15 @@ def nominated_names(connection: list[bytes]) -> frozenset[bytes]:
     return frozenset(_nominated(connection))
 
 
-def _strip(headers: Headers, drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+def is_forwarding_header(name: bytes) -> bool:
+    """Whether a (lower-case) header name is a forwarding header: one the gateway regenerates,
+    or one it keeps only from a trusted peer (the named ones and every other ``X-Forwarded-*``)."""
+    return name in FORWARDING_HEADERS or name.startswith(FORWARDED_PREFIX)
+
+
+def _strip(
+    headers: Headers, drop: frozenset[bytes], drop_prefix: bytes | None = None
+) -> list[tuple[bytes, bytes]]:
     kept: list[tuple[bytes, bytes]] = []
     connection: list[bytes] | None = None
     for item in headers:
@@ -110,6 +123,8 @@ def _strip(headers: Headers, drop: frozenset[bytes]) -> list[tuple[bytes, bytes]
                 if connection is None:
                     connection = []
                 connection.append(item[1])
+            continue
+        if drop_prefix is not None and name.startswith(drop_prefix):
             continue
         kept.append(item)
     if connection is not None:
@@ -145,16 +160,19 @@ def strip_request_headers(headers: Headers, *, trusted_peer: bool) -> list[tuple
     """:func:`strip_hop_by_hop` plus the client's forwarding headers, in one pass.
 
     ``X-Forwarded-For/-Proto/-Host`` and ``Forwarded`` are always removed (see
-    :meth:`TrustedProxies.forwarding`, which regenerates them); ``X-Forwarded-Port``,
-    ``X-Forwarded-Prefix`` and ``X-Real-IP`` are kept only from a trusted peer.
+    :meth:`TrustedProxies.forwarding`, which regenerates them); ``X-Real-IP`` and every other
+    ``X-Forwarded-*`` (Port, Prefix, Ssl, Client-Cert...) are kept only from a trusted peer.
     """
-    return _strip(headers, _FROM_TRUSTED if trusted_peer else _FROM_UNTRUSTED)
+    if trusted_peer:
+        return _strip(headers, _FROM_TRUSTED)
+    return _strip(headers, _FROM_UNTRUSTED, FORWARDED_PREFIX)
 
 
 def strip_forwarding(headers: Headers, *, trusted_peer: bool) -> list[tuple[bytes, bytes]]:
     """Only the forwarding-header part of :func:`strip_request_headers`."""
-    drop = REGENERATED_FORWARDING if trusted_peer else FORWARDING_HEADERS
-    return [item for item in headers if item[0] not in drop]
+    if trusted_peer:
+        return [item for item in headers if item[0] not in REGENERATED_FORWARDING]
+    return [item for item in headers if not is_forwarding_header(item[0])]
 
 
 # ------------------------------------------------------------------------- addresses and nodes

@@ -168,8 +168,9 @@ def test_forwarding_headers_name_the_real_peer_when_nobody_is_trusted(
         upstream,
         b"GET /public/f HTTP/1.1\r\nHost: gw.example\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n"
         b"Forwarded: for=6.6.6.6;proto=https\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n"
-        b"X-Forwarded-Port: 443\r\n\r\n",
+        b"X-Forwarded-Port: 443\r\nX-Forwarded-Ssl: on\r\n\r\n",
     )
+    assert got.header(b"x-forwarded-ssl") == []
     assert got.header(b"x-forwarded-for") == [b"127.0.0.1"]  # replaced, not appended to
     assert got.header(b"x-forwarded-proto") == [b"http"]
     assert got.header(b"x-forwarded-host") == [b"gw.example"]
@@ -184,8 +185,13 @@ def test_forwarding_headers_extend_a_trusted_proxys_chain(
         gw_trusting,
         upstream,
         b"GET /public/f HTTP/1.1\r\nHost: gw.example\r\nX-Forwarded-For: 203.0.113.7\r\n"
-        b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example\r\nX-Real-IP: 203.0.113.7\r\n\r\n",
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example\r\nX-Real-IP: 203.0.113.7\r\n"
+        b"X-Forwarded-Ssl: on\r\nX-Forwarded-Client-Cert: Hash=abc\r\n\r\n",
     )
+    # The rest of the X-Forwarded-* family passes from a trusted proxy (stripped from others:
+    # tests/e2e/test_catalogue.py::test_client_x_forwarded_family_never_reaches_the_upstream).
+    assert got.header(b"x-forwarded-ssl") == [b"on"]
+    assert got.header(b"x-forwarded-client-cert") == [b"Hash=abc"]
     assert got.header(b"x-forwarded-for") == [b"203.0.113.7, 127.0.0.1"]
     assert got.header(b"x-forwarded-proto") == [b"https"]
     assert got.header(b"x-forwarded-host") == [b"shop.example"]

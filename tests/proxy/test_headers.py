@@ -433,3 +433,19 @@ def test_forwarding_never_crashes_and_emits_safe_values(headers: Headers, peer: 
     again = TrustedProxies(TRUSTED).forwarding("10.0.0.1", "https", b"example.com", result.headers)
     if result.client is not None and value(result.headers, b"x-forwarded-for") is not None:
         assert again.client == result.client
+
+
+def test_the_whole_x_forwarded_family_is_kept_only_from_a_trusted_peer() -> None:
+    headers: Headers = [
+        (b"x-forwarded-ssl", b"on"),
+        (b"x-forwarded-client-cert", b"Hash=abc"),
+        (b"x-forwarded-for", b"6.6.6.6"),
+        (b"x-forwardedness", b"not-of-the-family"),
+        (b"accept", b"*/*"),
+    ]
+    untrusted = [b"x-forwardedness", b"accept"]
+    trusted = [b"x-forwarded-ssl", b"x-forwarded-client-cert", b"x-forwardedness", b"accept"]
+    assert [n for n, _ in strip_request_headers(headers, trusted_peer=False)] == untrusted
+    assert [n for n, _ in strip_forwarding(headers, trusted_peer=False)] == untrusted
+    assert [n for n, _ in strip_request_headers(headers, trusted_peer=True)] == trusted
+    assert [n for n, _ in strip_forwarding(headers, trusted_peer=True)] == trusted
