@@ -308,6 +308,7 @@ class GatewayApp:
                         retry_connect=settings.retry and method in _IDEMPOTENT,
                         max_body_bytes=settings.max_body_bytes,
                         body_timeout=settings.body_timeout,
+                        refuse_body_credentials=route.auth != "public",
                     )
                     status = 499 if result.aborted else result.upstream_status or 502
             except GatewayError as exc:

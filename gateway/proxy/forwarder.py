@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.asgi_types import Receive, Scope, Send
-from gateway.errors import LimitExceeded, RequestError, RequestTimeout, UpstreamError
+from gateway.auth.extract import BodyCredentialScanner, is_form_body
+from gateway.errors import CredentialsMalformed, LimitExceeded, RequestError, RequestTimeout, UpstreamError
 from gateway.proxy.headers import (
     FORWARDED_PREFIX,
     FORWARDING_HEADERS,
@@ -158,6 +159,7 @@ class Forwarder:
         retry_connect: bool,
         max_body_bytes: int | None,
         body_timeout: float | None = None,
+        refuse_body_credentials: bool = False,
     ) -> None:
         """Send the request upstream with the client's body; stream the response to ``send``.
 
@@ -171,7 +173,14 @@ class Forwarder:
         if content_length is not None and max_body_bytes is not None and content_length > max_body_bytes:
             # Refused before reading a byte of it.
             raise LimitExceeded(f"the request body exceeds {max_body_bytes} bytes")
-        body = _Body(receive, content_length, max_body_bytes, body_timeout) if has_body else None
+        body = None
+        if has_body:
+            scanner = (
+                BodyCredentialScanner()
+                if refuse_body_credentials and is_form_body(scope["headers"])
+                else None
+            )
+            body = _Body(receive, content_length, max_body_bytes, body_timeout, scanner)
         # The gateway's own protocol cancels this task when the client goes away (no cost per
         # request); under another ASGI server a lazily armed watcher does it.
         owner = getattr(receive, "__self__", None)
@@ -311,7 +320,7 @@ class _Body:
     """The client's request body as an async iterator, with limits checked while streaming:
     its size, and how long it may pause between two pieces (``idle_timeout``, seconds)."""
 
-    __slots__ = ("content_length", "done", "idle_timeout", "limit", "receive", "seen")
+    __slots__ = ("content_length", "done", "idle_timeout", "limit", "receive", "scanner", "seen")
 
     def __init__(
         self,
@@ -319,8 +328,10 @@ class _Body:
         content_length: int | None,
         limit: int | None,
         idle_timeout: float | None = None,
+        scanner: BodyCredentialScanner | None = None,
     ) -> None:
         self.receive = receive
+        self.scanner = scanner
         self.content_length = content_length
         self.limit = limit
         self.idle_timeout = idle_timeout
@@ -350,6 +361,13 @@ class _Body:
             if not message.get("more_body", False):
                 self.done = True
             if chunk:
+                if self.scanner is not None and self.scanner.feed(chunk):
+                    # Refused before this chunk (the one carrying the token) goes upstream.
+                    raise CredentialsMalformed(
+                        "a token in the request body is not accepted here: send it in the "
+                        "Authorization header",
+                        reason="credentials_in_body",
+                    )
                 yield chunk
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth.extract import TokenLocations, extract_token
+from gateway.auth.extract import BodyCredentialScanner, TokenLocations, extract_token, is_form_body
 from gateway.config.models import TokenLocation
 from gateway.errors import CredentialsMalformed, TokenMalformed
 
@@ -309,3 +309,81 @@ def test_the_size_limit_applies_to_every_location() -> None:
         extract([], f"token={big}".encode(), EVERYWHERE, max_bytes=99)
     with pytest.raises(TokenMalformed):
         extract([(b"cookie", f"session_token={big}".encode())], b"", EVERYWHERE, max_bytes=99)
+
+
+# ============================================================ form-encoded body credentials
+
+
+def _scan(*chunks: bytes) -> bool:
+    scanner = BodyCredentialScanner()
+    return any(scanner.feed(chunk) for chunk in chunks)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        (f"access_token={T1}".encode(),),
+        (f"a=1&access_token={T1}".encode(),),
+        (f"a=1;access_token={T1}".encode(),),
+        (f"access%5Ftoken={T1}".encode(),),
+        (f"%61%63%63%65%73%73%5f%74%6F%6B%65%6E={T1}".encode(),),
+        (b"a=1&acc", f"ess_token={T1}".encode()),
+        (b"a=1&access_token=", T1.encode()),
+        (b"a=1&", b"access%5", f"Ftoken={T1}".encode()),
+        (b"x" * 70_000 + b"&access_token=", b"v"),
+    ],
+    ids=[
+        "alone",
+        "after_another",
+        "semicolon",
+        "encoded_underscore",
+        "all_encoded",
+        "split_name",
+        "split_at_value",
+        "split_in_escape",
+        "after_a_large_chunk",
+    ],
+)
+def test_a_form_body_token_is_found_however_it_is_written_or_split(chunks: tuple[bytes, ...]) -> None:
+    assert _scan(*chunks)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        (b"a=1&b=2",),
+        (b"x_access_token=abc",),
+        (b"access_tokens=abc",),
+        (b"access_token=&a=1",),
+        (b"access_token&a=1",),
+        (b"Access_Token=abc",),
+        (b"note=access_token%3Dabc",),
+        (b"a=1&access_to", b"kens=1"),
+    ],
+    ids=[
+        "none",
+        "prefixed",
+        "suffixed",
+        "empty_value",
+        "no_value",
+        "other_case",
+        "in_a_value",
+        "split_other",
+    ],
+)
+def test_other_parameters_are_not_taken_for_a_token(chunks: tuple[bytes, ...]) -> None:
+    assert not _scan(*chunks)
+
+
+@pytest.mark.parametrize(
+    ("value", "form"),
+    [
+        (b"application/x-www-form-urlencoded", True),
+        (b"Application/X-WWW-Form-Urlencoded; charset=UTF-8", True),
+        (b"application/json", False),
+        (b"multipart/form-data; boundary=x", False),
+    ],
+)
+def test_only_form_urlencoded_bodies_are_scanned(value: bytes, form: bool) -> None:
+    assert is_form_body([(b"accept", b"*/*"), (b"content-type", value)]) is form
+    assert not is_form_body([(b"accept", b"*/*")])
