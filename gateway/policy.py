@@ -286,7 +286,7 @@ def build_policy(
     commits the registry when the policy goes live.
 
     ``require_upstream``: whether every non-deny route needs an upstream. ``None`` (default):
-    yes, unless ``mode: forward_auth``; the ASGI/WSGI middlewares pass ``False`` (they never
+    yes in ``mode: proxy`` only; the ASGI/WSGI middlewares pass ``False`` (they never
     forward).
 
     ``events``: metrics hooks (key fetches and token-cache lookups); a new registry is created
@@ -299,7 +299,7 @@ def build_policy(
     providers = {name: _compile_provider(name, p, plan.sources[name]) for name, p in cfg.providers.items()}
     upstreams: dict[str, Upstream] = {}
     if require_upstream is None:
-        require_upstream = cfg.mode != "forward_auth"
+        require_upstream = cfg.mode == "proxy"
     compiled = [
         _compile_route(i, r, cfg, upstreams, require_upstream=require_upstream)
         for i, r in enumerate(cfg.routes)

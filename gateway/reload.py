@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from gateway import logs
-from gateway.config.loader import load_config
+from gateway.config.loader import check_servable, load_config
 from gateway.config.models import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.policy import build_policy
@@ -106,6 +106,7 @@ class Reloader:
         try:
             # File I/O and compilation (key files, rules) happen in a thread, not on the loop.
             cfg = await asyncio.to_thread(load_config, self.config_path)
+            check_servable(cfg, self.config_path)
             policy = await asyncio.to_thread(
                 build_policy,
                 cfg,

@@ -20,7 +20,7 @@ import uvicorn
 
 from gateway import logs
 from gateway.asgi import GatewayApp
-from gateway.config.loader import load_config
+from gateway.config.loader import check_servable, load_config
 from gateway.config.models import GatewayConfig
 from gateway.errors import GatewayError, LimitExceeded, RequestError, RequestTimeout
 from gateway.http.admin import AdminApp
@@ -241,6 +241,7 @@ def serve(
 ) -> int:
     """Load the config, build the app and serve it. Returns the process exit code."""
     cfg = load_config(config_path)
+    check_servable(cfg, config_path)
     logs.configure(
         fmt=cfg.logging.format, level=log_level or cfg.logging.level, access_log=cfg.logging.access_log
     )

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from gateway.config.loader import parse_config
+from gateway.errors import ConfigError
 from gateway.pipeline import Pipeline, RequestView
 from gateway.policy import Policy, build_policy
 from gateway.tools import (
@@ -552,3 +553,18 @@ def test_check_warns_about_a_shadowed_route(tmp_path: Path) -> None:
         "everything it would" in out.getvalue()
     )
     assert "1 warning(s)" in out.getvalue()
+
+
+def test_check_accepts_a_middleware_config_without_upstream(tmp_path: Path) -> None:
+    config = {
+        "mode": "middleware",
+        "providers": {"hs": {"issuer": "https://hs.test", "secret": "s" * 32, "algorithms": ["HS256"]}},
+        "routes": [
+            {"name": "api", "match": {"path": "/api/**"}, "require": {"claim": "sub", "exists": True}}
+        ],
+    }
+    config["providers"]["hs"]["audience"] = "any"
+    assert check(write_config(tmp_path, config), out=io.StringIO()) == 0
+    # The same routes in proxy mode need an upstream.
+    with pytest.raises(ConfigError, match=r"routes\[0\].*no upstream"):
+        check(write_config(tmp_path, {**config, "mode": "proxy"}), out=io.StringIO())

@@ -153,3 +153,13 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     """Read, substitute and validate the config file at ``path``."""
     file = os.fspath(path)
     return parse_config(read_text(file), file=file, env=env)
+
+
+def check_servable(cfg: GatewayConfig, file: str = "") -> None:
+    """Refuse a config the server cannot run: ``mode: middleware`` is for in-process use only."""
+    if cfg.mode == "middleware":
+        raise ConfigError(
+            "this config is for the in-process middleware; `serve` needs mode proxy or forward_auth",
+            file=file,
+            path="mode",
+        )

@@ -597,8 +597,10 @@ class GatewayConfig(Strict):
     admin: Admin = Field(default_factory=Admin)
     #: ``proxy``: decide, then forward to the upstream (``forward_auth.enabled`` adds a
     #: forward-auth path). ``forward_auth``: every request on the port is a forward-auth call;
-    #: nothing is ever forwarded, and routes need no upstream.
-    mode: Literal["proxy", "forward_auth"] = "proxy"
+    #: nothing is ever forwarded, and routes need no upstream. ``middleware``: the config of
+    #: an in-process JWTGatewayMiddleware / JWTGatewayWSGIMiddleware (routes need no upstream;
+    #: ``serve`` refuses it; ``check``, ``explain`` and ``test`` work on it).
+    mode: Literal["proxy", "forward_auth", "middleware"] = "proxy"
     #: Default upstream for routes that name none (http://, https:// or unix:/path.sock).
     upstream: str | None = None
     #: ``realm`` of the WWW-Authenticate challenge.

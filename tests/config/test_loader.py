@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.loader import format_loc, load_config, parse_config, substitute_env
+from gateway.config.loader import check_servable, format_loc, load_config, parse_config, substitute_env
 from gateway.errors import ConfigError
 
 PROVIDER = """
@@ -120,3 +120,11 @@ def test_load_config_reads_file(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(PROVIDER)
     assert load_config(path, env={}).providers["corp"].issuer == "https://idp.example.com"
+
+
+def test_a_middleware_config_is_not_servable() -> None:
+    cfg = parse_config("mode: middleware\n" + PROVIDER + "routes: [{match: {path: /a/**}}]\n", env={})
+    with pytest.raises(ConfigError) as info:
+        check_servable(cfg, "gw.yaml")
+    assert str(info.value).startswith("gw.yaml: mode: this config is for the in-process middleware")
+    check_servable(parse_config(PROVIDER + "routes: [{match: {path: /a/**}}]\n", env={}))  # proxy: fine
