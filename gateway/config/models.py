@@ -639,3 +639,13 @@ class GatewayConfig(Strict):
                     raise ValueError(f"providers {issuers[p.issuer]!r} and {name!r} have the same issuer")
                 issuers[p.issuer] = name
         return self
+
+    @model_validator(mode="after")
+    def _ports(self) -> GatewayConfig:
+        # Port 0 means "any free port" (tests): two of those never collide.
+        if self.admin.enabled and self.admin.port and self.admin.port == self.listen.port:
+            raise ValueError(
+                f"admin.port and listen.port are both {self.listen.port}: the admin listener "
+                "(/healthz, /metrics) needs a port of its own"
+            )
+        return self

@@ -128,3 +128,15 @@ def test_a_middleware_config_is_not_servable() -> None:
         check_servable(cfg, "gw.yaml")
     assert str(info.value).startswith("gw.yaml: mode: this config is for the in-process middleware")
     check_servable(parse_config(PROVIDER + "routes: [{match: {path: /a/**}}]\n", env={}))  # proxy: fine
+
+
+def test_the_admin_listener_needs_a_port_of_its_own() -> None:
+    line = error_of(
+        "listen: {port: 8080}\nadmin: {port: 8080}\n" + PROVIDER + "routes: [{match: {path: /a/**}}]\n"
+    )
+    assert "admin.port and listen.port are both 8080" in line
+    # Disabled, or both on any free port: no clash.
+    parse_config(
+        "listen: {port: 8080}\nadmin: {port: 8080, enabled: false}\n" + PROVIDER + "routes: []\n", env={}
+    )
+    parse_config("listen: {port: 0}\nadmin: {port: 0}\n" + PROVIDER + "routes: []\n", env={})
