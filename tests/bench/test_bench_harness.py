@@ -182,6 +182,11 @@ def test_gateway_config_is_valid_for_the_gateway_schema(bench: ModuleType, keys:
     assert provider.audiences == [bench.AUDIENCE]
     assert config.routes[0].match.path == "/api/**"
     assert config.logging.access_log is True
+    # Issue 3's targets hold with every production feature on: metrics (the admin listener),
+    # the access log, the token cache, forwarding headers (always regenerated).
+    assert config.admin.enabled is True and config.admin.port == 9901
+    assert config.logging.format == "json"
+    assert config.token_cache.enabled is True
 
 
 def test_gateway_command_template(bench: ModuleType, tmp_path: Path) -> None:
