@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import ssl
 import threading
@@ -98,6 +99,19 @@ async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def keys_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """caplog, receiving ``gateway.keys`` records from INFO up.
+
+    ``gateway.logs.configure`` (run by other tests in the same session) stops propagation at the
+    ``gateway`` logger; caplog listens at the root, so propagation is turned back on here.
+    """
+    monkeypatch.setattr(logging.getLogger("gateway"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("gateway.keys"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="gateway.keys")
+    return caplog
 
 
 @pytest.fixture
@@ -536,6 +550,63 @@ async def test_idp_down_at_start_then_ready_when_it_answers(idp: JWKSServer, sou
     assert signature_verifies(source, idp.mint(key))
 
 
+async def test_failed_fetches_back_off_exponentially_up_to_the_cap(
+    idp: JWKSServer, sources: MakeSource
+) -> None:
+    # Deterministic: a frozen clock, and the retry delay read where clients see it, in the 503's
+    # Retry-After = ceil(delay + timeout), delay = min(max, base * 2**(n-1)) * uniform(0.8, 1.0).
+    # Whole seconds are precise enough with a 10 s base.
+    clock = FakeClock()
+    base, cap, timeout = 10.0, 160.0, 0.5
+    idp.add_key("RS256")
+    idp.serve_status(500)
+    source = sources(idp, clock=clock, retry_backoff=base, retry_backoff_max=cap, timeout=timeout)
+    delays: list[float] = []
+    for failures in range(1, 16):
+        assert await source.refresh() is False
+        assert source.status().consecutive_failures == failures
+        with pytest.raises(KeysUnavailable) as info:
+            source.candidates("rs256-0", "RS256")
+        delay = info.value.retry_after - timeout  # within [jittered delay, jittered delay + 1)
+        nominal = min(cap, base * 2 ** (failures - 1))
+        assert 0.8 * nominal <= delay < nominal + 1, (failures, delay, nominal)
+        delays.append(delay)
+    growing = delays[:5]  # 10, 20, 40, 80, 160 nominal
+    for earlier, later in zip(growing, growing[1:], strict=False):
+        assert later >= 1.3 * earlier, delays
+    capped = delays[4:]
+    assert max(capped) <= cap + 1, delays
+    # Jittered: 11 draws from [128, 160] s all rounding to one whole second would be a fluke.
+    assert len(set(capped)) > 1, delays
+    # A success resets the schedule: the next failure waits the base delay again.
+    idp.serve_ok()
+    assert await source.refresh() is True
+    assert source.status().consecutive_failures == 0
+    idp.serve_status(500)
+    assert await source.refresh() is False
+    assert source.status().consecutive_failures == 1
+
+
+async def test_background_retries_follow_the_backoff_schedule(idp: JWKSServer, sources: MakeSource) -> None:
+    # The real background task against a real IdP answering 500: the gaps between the fetches
+    # the IdP sees follow base * 2**n * uniform(0.8, 1.0), capped. A retry never comes early
+    # (lower bounds are tight); the upper bounds allow for a busy machine.
+    base, cap, margin = 0.1, 0.4, 0.25
+    idp.serve_status(500)
+    source = sources(idp, retry_backoff=base, retry_backoff_max=cap)
+    await source.start()
+    await idp.await_fetches(6, within=6)
+    await source.aclose()
+    times = idp.fetch_times[:6]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    for n, gap in enumerate(gaps):
+        nominal = min(cap, base * 2**n)
+        assert 0.8 * nominal - 0.005 <= gap <= nominal + margin, (n, gaps)
+    assert gaps[2] >= 1.3 * gaps[1] and gaps[2] >= 1.3**2 * gaps[0], gaps
+    assert max(gaps) <= cap + margin, gaps
+    assert source.status().consecutive_failures >= 6
+
+
 def _garbage() -> list[Any]:
     bad_only = json.dumps({"keys": [entry for _, entry in bad_jwks_entries()]}).encode()
     cases: list[tuple[str, Callable[[JWKSServer], None], str]] = [
@@ -854,14 +925,34 @@ async def test_bad_keys_mixed_with_good_do_not_poison_the_set(idp: JWKSServer, s
                 assert source.candidates(kid, alg) == ()
 
 
-async def test_duplicate_kid_keeps_the_previous_keys(idp: JWKSServer, sources: MakeSource) -> None:
+async def test_duplicate_kid_keeps_the_previous_keys(
+    idp: JWKSServer, sources: MakeSource, keys_log: pytest.LogCaptureFixture
+) -> None:
     key = idp.add_key("RS256", slot=0)
     source = sources(idp)
     await source.refresh()
     idp.add_entry(new_signing_key("RS256", slot=1).public_jwk(kid=key.kid))
+    keys_log.clear()
     assert await source.refresh() is False
     assert source.status().last_outcome == "invalid_jwks"
     assert signature_verifies(source, idp.mint(key))
+    warnings = [r for r in keys_log.records if r.name == "gateway.keys" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in keys_log.records]
+    message = warnings[0].getMessage()
+    assert "provider=corp" in message
+    assert "outcome=invalid_jwks" in message
+    assert "duplicate_kid" in message
+    # No key material: neither JWK members nor any published key value, anywhere in the log.
+    logged = keys_log.text + "\n".join(r.getMessage() for r in keys_log.records)
+    assert '"n":' not in logged and "'n':" not in logged
+    published = idp.jwks()["keys"]
+    assert len(published) == 2
+    for entry in published:
+        for member in ("n", "e", "x", "y"):
+            value = entry.get(member)
+            if isinstance(value, str) and len(value) > 8:
+                assert value not in logged
+                assert value[:32] not in logged
 
 
 async def test_keys_are_per_provider(sources: MakeSource) -> None:

@@ -88,6 +88,26 @@ def test_sigterm_waits_no_longer_than_the_shutdown_timeout(upstream: StreamUpstr
     assert not (isinstance(result, httpx.Response) and result.status_code == 200)
 
 
+def test_shutdown_closes_the_upstream_pool() -> None:
+    # In process, so the pool can be inspected and the process exiting cannot be what closes
+    # the sockets: stopping uvicorn runs the lifespan shutdown, as SIGTERM does in `serve`.
+    with ThreadedRawServer(keep_alive(ok(b"fine"))) as upstream:
+        gw = GatewayServer(config(upstream.url)).start()
+        try:
+            for _ in range(2):
+                assert httpx.get(gw.url + "/x").text == "fine"
+            assert upstream.raw.accepted == 1  # the second request reused the pooled connection
+            (conn,) = upstream.raw.connections
+            assert upstream.call(conn.client_closed(within=0.2)) is False  # kept alive, idle
+            assert gw.gateway.pool.stats()[upstream.url]["idle"] == 1
+            assert not gw.gateway.pool.closed
+        finally:
+            gw.stop()
+        assert gw.gateway.pool.closed
+        assert gw.gateway.pool.stats()[upstream.url]["open"] == 0
+        assert upstream.call(conn.client_closed(within=5)) is True
+
+
 def test_per_request_settings_follow_a_reload() -> None:
     with ThreadedRawServer(keep_alive(ok(b"fine"))) as upstream:
         first = config(upstream.url, max_body_bytes=1000)

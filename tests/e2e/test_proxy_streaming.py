@@ -143,10 +143,13 @@ def test_a_large_upload_streams_with_flat_memory(
 def test_a_large_upload_with_content_length_streams(
     gateway_process: GatewayProcess, upstream: StreamUpstream
 ) -> None:
-    size = 16 * 1024 * 1024
-    body = (b"z" * 1024) * (size // 1024)
-    with RSSWatch(gateway_process.pid):
-        r = httpx.post(gateway_process.url + "/upload", content=body, timeout=60)
-    assert r.status_code == 200
-    assert r.json()["size"] == size
-    assert dict(upstream.seen[-1].headers)[b"content-length"] == str(size).encode()
+    # The body is generated while it is sent, with an explicit Content-Length (httpx then sends
+    # no chunked framing): SIZE exceeds RSS_BUDGET, so a gateway that buffered it would fail.
+    with RSSWatch(gateway_process.pid) as watch:
+        r = stream_upload(gateway_process.url + "/upload", SIZE, headers={"Content-Length": str(SIZE)})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"size": SIZE, "sha256": expected_download_digest(SIZE)}
+    headers = dict(upstream.seen[-1].headers)
+    assert headers[b"content-length"] == str(SIZE).encode()
+    assert b"transfer-encoding" not in headers
+    assert watch.growth < RSS_BUDGET, f"gateway RSS grew by {watch.growth / 2**20:.1f} MiB"
