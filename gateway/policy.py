@@ -292,8 +292,25 @@ def build_policy(
     ``events``: metrics hooks (key fetches and token-cache lookups); a new registry is created
     with them (a passed ``registry`` keeps the hooks it was created with)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
+    config_file = ""
     if base.suffix in (".yaml", ".yml") or base.is_file():
-        base = base.parent
+        config_file, base = os.fspath(base), base.parent
+    try:
+        return _compile_policy(cfg, base, registry, require_upstream, events)
+    except ConfigError as exc:
+        if exc.file or not config_file:
+            raise
+        # Errors found while compiling name the file too, as load-time errors do.
+        raise ConfigError(exc.message, file=config_file, path=exc.path) from None
+
+
+def _compile_policy(
+    cfg: GatewayConfig,
+    base: Path,
+    registry: KeySourceRegistry | None,
+    require_upstream: bool | None,
+    events: PolicyEvents | None,
+) -> Policy:
     registry = registry if registry is not None else KeySourceRegistry(events=events)
     plan = registry.plan(cfg.providers, base_dir=base)
     providers = {name: _compile_provider(name, p, plan.sources[name]) for name, p in cfg.providers.items()}

@@ -1,26 +1,34 @@
-"""The ``jwt-gateway`` command line: explain, test and check, in process (``main([...])``), plus
-one smoke test of the installed console script."""
+"""The ``jwt-gateway`` command line: explain, test and check, in process (``main([...])``); and
+the installed console script as a subprocess: --version, config errors of check and serve, and
+serve really listening where its flags say."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 import yaml
 
-from gateway.cli import main
+from gateway import __version__
+from gateway.cli import EXAMPLES, main
+from tests.ops.harness import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = str(ROOT / "config/examples/policy.yaml")
 EXAMPLE_TESTS = str(ROOT / "config/examples/policy_tests.yaml")
 SECRET = "a-test-hmac-secret-of-at-least-32-bytes!!"
+SCRIPT = Path(sys.executable).parent / "jwt-gateway"
 
 CONFIG: dict[str, Any] = {
     "upstream": "http://127.0.0.1:9",
@@ -240,6 +248,59 @@ def test_check_without_warnings(capsys: pytest.CaptureFixture[str], config: str)
     assert "routes (first match in file order wins):" in out
 
 
+def test_check_lists_the_providers_and_the_route_table(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = json.loads(json.dumps(CONFIG))
+    config["providers"]["idp"] = {
+        "issuer": "https://idp.test",
+        "jwks_uri": "http://127.0.0.1:9/jwks.json",
+        "algorithms": ["RS256", "ES256"],
+        "audience": "any",
+    }
+    config["providers"]["legacy"] = {
+        "issuer": "https://legacy.test",
+        "public_key_file": str(ROOT / "config/examples/keys/example-rs256.pem"),
+        "algorithms": ["RS256"],
+        "audiences": ["a", "b"],
+    }
+    config["routes"] += [
+        {
+            "name": "legacy",
+            "match": {"path": "/legacy/{id}", "methods": ["GET", "POST"], "host": "api.test"},
+            "providers": ["legacy"],
+            "upstream": "http://127.0.0.1:10",
+            "enforce": False,
+        },
+        {"match": {"path": "/internal/**"}, "auth": "deny"},
+    ]
+    config["unmatched_status"] = 403
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    code, out, err = run(capsys, "check", "--config", str(path))
+    assert code == 0 and err == ""
+    assert out == (
+        f"{path}: OK\n"
+        "\n"
+        "providers:\n"
+        "  hs: issuer='https://hs.test' algorithms=HS256 audiences=api keys=HMAC secret\n"
+        "  idp: issuer='https://idp.test' algorithms=RS256,ES256 audiences=any "
+        "keys=jwks_uri http://127.0.0.1:9/jwks.json\n"
+        f"  legacy: issuer='https://legacy.test' algorithms=RS256 audiences=a,b "
+        f"keys=public_key_file {ROOT / 'config/examples/keys/example-rs256.pem'}\n"
+        "\n"
+        "routes (first match in file order wins):\n"
+        "  [0] public: * /public/** host=* auth=public -> http://127.0.0.1:9\n"
+        "  [1] admin: * /admin/** host=* auth=required -> http://127.0.0.1:9 rule\n"
+        "  [2] api: * /api/** host=* auth=required -> http://127.0.0.1:9\n"
+        "  [3] legacy: GET,POST /legacy/{id} host=api.test auth=required -> http://127.0.0.1:10 "
+        "providers=legacy report-only\n"
+        "  [4] route4: * /internal/** host=* auth=deny -> (denied)\n"
+        "\n"
+        "unmatched requests: 403, never forwarded\n"
+    )
+
+
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--help"])
@@ -249,13 +310,36 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert command in out
 
 
+def test_help_shows_the_examples_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert EXAMPLES in out  # verbatim: the raw formatter keeps the block's layout
+    for line in (
+        "examples:",
+        "  jwt-gateway demo ",
+        "  jwt-gateway serve --config gateway.yaml ",
+        "  jwt-gateway check --config gateway.yaml ",
+        "  jwt-gateway explain --config gateway.yaml --method GET --path /admin/users \\",
+        "  jwt-gateway test --config gateway.yaml policy_tests.yaml",
+        "exit codes: 0 ok, 1 check/test failure, 2 invalid configuration or usage",
+    ):
+        assert line in out, line
+    # `serve --help` shows them too, under the serve flags.
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--host HOST" in out and "--port PORT" in out and "--log-level" in out
+    assert EXAMPLES in out
+
+
 # ---------------------------------------------------------------------- the console script
 
 
 def test_console_script_smoke() -> None:
-    script = Path(sys.executable).parent / "jwt-gateway"
     done = subprocess.run(
-        [str(script), "explain", "--config", EXAMPLE_CONFIG, "--path", "/healthz", "--json"],
+        [str(SCRIPT), "explain", "--config", EXAMPLE_CONFIG, "--path", "/healthz", "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -264,6 +348,153 @@ def test_console_script_smoke() -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["decision"]["outcome"] == "allowed"
     done = subprocess.run(
-        [str(script), "test", EXAMPLE_TESTS], capture_output=True, text=True, timeout=60, check=False
+        [str(SCRIPT), "test", EXAMPLE_TESTS], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def script(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``jwt-gateway`` console script."""
+    return subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_version_names_the_program_and_its_version() -> None:
+    done = script("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"jwt-gateway {__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", __version__)
+
+
+# A bad config: (file content, the expected "<key path>: <reason>" after the file name). Written
+# to bad.yaml; the missing-file case writes nothing.
+BAD_CONFIGS = {
+    "unknown key in a rule": (
+        "upstream: http://127.0.0.1:9\n"
+        "routes:\n"
+        "  - match: {path: /x}\n"
+        "    require: {all: [{claim: roles, contains: admin, claims: x}]}\n",
+        "routes[0].require.all[0].claims: unknown key",
+    ),
+    "wrong type": (
+        "upstream: http://127.0.0.1:9\n"
+        "providers:\n"
+        "  hs: {issuer: https://hs.test, secret: x, algorithms: [HS256], audience: any,"
+        " jwks: {timeout: soon}}\n"
+        "routes: [{match: {path: /x}}]\n",
+        "providers.hs.jwks.timeout: expected a duration such as 30s, 500ms, 5m or 1h",
+    ),
+    "YAML syntax": (
+        "upstream: http://127.0.0.1:9\nroutes: [\n",
+        "line 3, column 1: invalid YAML: expected the node content, but found '<stream end>'",
+    ),
+    "missing file": (None, "cannot read the file: No such file or directory"),
+}
+# Errors found while compiling the validated config (after load_config), not by the schema.
+COMPILE_ERRORS = {
+    "no upstream": (
+        "providers:\n"
+        f"  hs: {{issuer: https://hs.test, secret: '{SECRET}', algorithms: [HS256], audience: any}}\n"
+        "routes: [{match: {path: /x}}]\n",
+        "routes[0]: no upstream: set routes[].upstream or the top-level upstream",
+    ),
+    "unknown path parameter": (
+        "upstream: http://127.0.0.1:9\n"
+        "providers:\n"
+        f"  hs: {{issuer: https://hs.test, secret: '{SECRET}', algorithms: [HS256], audience: any}}\n"
+        "routes: [{match: {path: '/users/{id}'}, require: {claim: sub, equals_param: user}}]\n",
+        "routes[0].require.equals_param: the route's path has no parameter {user}",
+    ),
+}
+
+
+def _cases() -> list[Any]:
+    # Load-time errors (schema, YAML, file) and compile-time ones (found by build_policy) alike.
+    return [
+        pytest.param(command, text, tail, id=f"{command}-{name}")
+        for command in ("check", "serve")
+        for name, (text, tail) in {**BAD_CONFIGS, **COMPILE_ERRORS}.items()
+    ]
+
+
+@pytest.mark.parametrize(("command", "text", "tail"), _cases())
+def test_a_bad_config_exits_2_with_one_line_naming_file_key_and_reason(
+    command: str, text: str | None, tail: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    if text is not None:
+        bad.write_text(text)
+    done = script(command, "--config", str(bad))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0] == f"jwt-gateway: config error: {bad}: {tail}"
+
+
+def _accepts(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_serve_listens_where_its_flags_say_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port, config_port, closed = free_port(), free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    # The file names another address and port, and level info: the flags must win.
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"host": "127.0.0.2", "port": config_port},
+                "admin": {"enabled": False},
+                "upstream": f"http://127.0.0.1:{closed}",
+                "logging": {"level": "info", "access_log": False},
+                "routes": [{"match": {"path": "/**"}, "auth": "public"}],
+            }
+        )
+    )
+    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                str(SCRIPT),
+                "serve",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+
+        def listening() -> bool:
+            assert proc.poll() is None, err.read_text()
+            return _accepts(port)
+
+        wait_until(listening, timeout=20, interval=0.05, what="jwt-gateway serve")
+        # It is the gateway: the route is public, the upstream's port is closed.
+        response = httpx.get(f"http://127.0.0.1:{port}/anything")
+        assert response.status_code == 502
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["reason"] == "upstream_unavailable"
+        assert not _accepts(config_port, "127.0.0.2")  # the file's listen address was overridden
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logged = [json.loads(line) for line in err.read_text().splitlines() if line.startswith("{")]
+    levels = {entry["level"] for entry in logged}
+    # --log-level warning: the upstream failure is logged, nothing at info (not even the
+    # "listening on" and uvicorn startup lines the config's level would show).
+    assert any("upstream_unavailable" in entry["message"] for entry in logged), logged
+    assert levels <= {"warning", "error"}, logged
