@@ -20,7 +20,7 @@ pydantic, OSError) are translated into this tree at exactly one boundary each.
     │       ├── BadSignature             bad_signature
     │       ├── UnknownKid               unknown_kid
     │       ├── AlgorithmNotAllowed      algorithm_not_allowed
-    │       ├── IssuerMismatch           issuer_mismatch
+    │       ├── IssuerMismatch           issuer_mismatch, issuer_not_allowed, tenant_mismatch, ...
     │       └── ClaimInvalid             claim_invalid, typ_mismatch, token_type_mismatch, ...
     ├── AuthorizationError           403 insufficient_scope
     │   ├── AudienceMismatch         403  audience_mismatch

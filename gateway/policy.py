@@ -205,6 +205,7 @@ def _compile_provider(name: str, provider: Provider, source: KeySource) -> Provi
         required_claims=tuple(provider.required_claims),
         typ=(typ,) if isinstance(typ, str) else tuple(typ) if typ is not None else None,
         claim_equals=dict(provider.claims),
+        tenants=frozenset(provider.tenants) if isinstance(provider.tenants, list) else None,
     )
 
 

@@ -79,6 +79,8 @@ class ProviderPolicy:
     typ: tuple[str, ...] | None = None
     #: Claims that must equal a fixed value (e.g. ``token_type: access`` for simplejwt).
     claim_equals: Mapping[str, Any] = field(default_factory=dict)
+    #: With a ``{tenantid}`` issuer: the accepted tenant IDs (``None``: any tenant).
+    tenants: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from gateway.auth.jws import JWSParts, ParsedJWS, parse_compact
 from gateway.auth.types import Claims, KeyLookup, ProviderPolicy, VerificationKey, VerifiedToken
+from gateway.config.models import TENANT_ID, TENANT_PLACEHOLDER
 from gateway.errors import (
     AlgorithmNotAllowed,
     AudienceMismatch,
@@ -340,11 +341,16 @@ class Verifier:
     ) -> None:
         self._by_issuer: dict[str, CompiledPolicy] = {}
         self._without_issuer: CompiledPolicy | None = None
+        #: Multi-tenant issuers: (text before {tenantid}, text after, accepted tenants, policy).
+        self._templated: list[tuple[str, str, frozenset[str] | None, CompiledPolicy]] = []
         for name, policy in providers.items():
             if policy.name != name:
                 raise ConfigError(f"provider {name!r} is compiled under the name {policy.name!r}")
             compiled = CompiledPolicy(policy)
-            if policy.issuer is None:
+            if policy.issuer is not None and TENANT_PLACEHOLDER in policy.issuer:
+                prefix, _, suffix = policy.issuer.partition(TENANT_PLACEHOLDER)
+                self._templated.append((prefix, suffix, policy.tenants, compiled))
+            elif policy.issuer is None:
                 if self._without_issuer is not None:
                     raise ConfigError("only one provider may have `issuer: null`")
                 self._without_issuer = compiled
@@ -481,6 +487,8 @@ class Verifier:
             policy = self._without_issuer
         elif type(iss) is str:
             policy = self._by_issuer.get(iss)
+            if policy is None and self._templated:
+                policy = self._tenant_policy(iss, parsed.claims)
         else:
             raise IssuerMismatch("iss must be a string")
         if policy is None:
@@ -490,6 +498,26 @@ class Verifier:
         _check_algorithm(policy, parsed.alg)
         _check_typ(policy, parsed.header)
         return parsed, policy
+
+    def _tenant_policy(self, iss: str, claims: Claims) -> CompiledPolicy | None:
+        """The multi-tenant provider whose ``{tenantid}`` issuer ``iss`` fills in, if any.
+
+        The tenant in ``iss`` must be the token's own ``tid`` claim (Microsoft's rule: a token
+        of tenant A cannot name tenant B in ``iss``) and one of the provider's tenants. Both are
+        signed claims: the signature check that follows makes them trustworthy.
+        """
+        for prefix, suffix, tenants, policy in self._templated:
+            if not (iss.startswith(prefix) and iss.endswith(suffix)) or len(iss) <= len(prefix) + len(suffix):
+                continue
+            tenant = iss[len(prefix) : len(iss) - len(suffix)]
+            if not TENANT_ID.fullmatch(tenant):
+                continue  # a '/' or other text where the tenant goes: not this issuer
+            if claims.get("tid") != tenant:
+                raise IssuerMismatch("the token's iss does not name its own tid", reason="tenant_mismatch")
+            if tenants is not None and tenant not in tenants:
+                raise IssuerMismatch("the token's tenant is not accepted", reason="tenant_not_allowed")
+            return policy
+        return None
 
     def _complete(
         self,

@@ -24,6 +24,11 @@ from pydantic import (
 
 from gateway.config.types import ByteSize, Duration
 
+#: The placeholder of a multi-tenant issuer, and what a tenant ID may look like (no '/' or '.'-only
+#: games: it is compared as it appears in ``iss`` and in ``tid``).
+TENANT_PLACEHOLDER = "{tenantid}"
+TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
 #: Algorithms a provider may allow. ``none`` is not among them, in any spelling.
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
@@ -127,8 +132,14 @@ class JWKSOptions(Strict):
 class Provider(Strict):
     """One token issuer and its key source."""
 
-    #: Exact ``iss`` value. Must be written; ``null`` means the tokens carry no ``iss``.
+    #: Exact ``iss`` value. Must be written; ``null`` means the tokens carry no ``iss``. A
+    #: multi-tenant issuer names its tenant with ``{tenantid}`` (Azure AD / Entra ID:
+    #: ``https://login.microsoftonline.com/{tenantid}/v2.0``): a token's ``iss`` must then be
+    #: the template with its own ``tid`` claim filled in, and that tenant one of ``tenants``.
     issuer: str | None
+    #: With a ``{tenantid}`` issuer: the accepted tenant IDs, or ``any`` (any tenant in the
+    #: world, an attacker's own included: combine it with route rules on ``tid``). Required there.
+    tenants: list[str] | Literal["any"] | None = None
     # Key sources: exactly one of these.
     discovery: bool = False
     jwks_uri: str | None = None
@@ -194,6 +205,7 @@ class Provider(Strict):
             )
         if self.discovery and not self.issuer:
             raise ValueError("discovery needs an issuer")
+        self._check_tenants()
         if (self.audiences is None) == (self.audience is None):
             raise ValueError("write exactly one of `audiences: [...]` or `audience: any`")
         if self.audiences is not None and not self.audiences:
@@ -209,6 +221,30 @@ class Provider(Strict):
         if symmetric and len(self.algorithms) != 1:
             raise ValueError("an HMAC secret must be bound to exactly one algorithm")
         return self
+
+    def _check_tenants(self) -> None:
+        templated = self.issuer is not None and TENANT_PLACEHOLDER in self.issuer
+        if not templated:
+            if self.tenants is not None:
+                raise ValueError("tenants needs an issuer with a {tenantid} placeholder")
+            return
+        assert self.issuer is not None
+        rest = self.issuer.replace(TENANT_PLACEHOLDER, "", 1)
+        if "{" in rest or "}" in rest:
+            raise ValueError("the issuer may hold {tenantid} once, and no other placeholder")
+        if self.discovery:
+            raise ValueError(
+                "a {tenantid} issuer has no discovery document of its own: set jwks_uri "
+                "(Azure AD: https://login.microsoftonline.com/common/discovery/v2.0/keys)"
+            )
+        if self.tenants is None:
+            raise ValueError("a {tenantid} issuer needs `tenants: [<tenant id>, ...]` (or `tenants: any`)")
+        if isinstance(self.tenants, list):
+            if not self.tenants:
+                raise ValueError("tenants must not be empty (write `tenants: any` to accept any tenant)")
+            for tenant in self.tenants:
+                if not TENANT_ID.fullmatch(tenant):
+                    raise ValueError(f"tenant {tenant!r} is not a tenant ID (letters, digits, '.', '_', '-')")
 
 
 # -------------------------------------------------------------------------------------- headers

@@ -1513,3 +1513,69 @@ def test_rfc9864_ed25519_tokens_verify_only_under_that_name() -> None:
     refused(verifier, make_token(alg="EdDSA", key=ED_KEY, kid="ed-9864"), AlgorithmNotAllowed)
     # And a forged signature under the new name is still a bad signature.
     refused(verifier, make_token(alg="Ed25519", key=ED_KEY, kid="ed-9864", signature=bytes(64)), BadSignature)
+
+
+# ============================================================== multi-tenant {tenantid} issuers
+
+TEMPLATE = "https://login.microsoftonline.com/{tenantid}/v2.0"
+TENANT_A = "11111111-1111-1111-1111-111111111111"
+TENANT_B = "22222222-2222-2222-2222-222222222222"
+
+
+def tenant_token(iss_tenant: str, tid: Any = None, **claims: Any) -> str:
+    tid = iss_tenant if tid is None else tid
+    return make_token(claims_for(iss=TEMPLATE.replace("{tenantid}", iss_tenant), tid=tid, **claims))
+
+
+def tenant_verifier(tenants: frozenset[str] | None) -> Verifier:
+    return make_verifier(corp_policy(name="azure", issuer=TEMPLATE, tenants=tenants), legacy_policy())
+
+
+def test_a_tenant_token_verifies_under_the_templated_issuer() -> None:
+    verifier = tenant_verifier(frozenset({TENANT_A}))
+    verified = verifier.verify_blocking(tenant_token(TENANT_A))
+    assert verified.provider == "azure" and verified.claims["tid"] == TENANT_A
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (lambda: tenant_token(TENANT_A, tid=TENANT_B), "tenant_mismatch"),
+        (lambda: tenant_token(TENANT_A, tid=DROP), "tenant_mismatch"),
+        (lambda: tenant_token(TENANT_A, tid=[TENANT_A]), "tenant_mismatch"),
+        (lambda: tenant_token(TENANT_B), "tenant_not_allowed"),
+        # What stands where the tenant goes is a tenant ID or nothing of this issuer.
+        (lambda: tenant_token(f"{TENANT_A}/x", tid=f"{TENANT_A}/x"), None),
+        (lambda: tenant_token("", tid=""), None),
+        (lambda: make_token(claims_for(iss=TEMPLATE, tid="{tenantid}")), None),
+    ],
+    ids=[
+        "tid_of_another_tenant",
+        "no_tid",
+        "tid_not_a_string",
+        "tenant_not_listed",
+        "slash",
+        "empty",
+        "literal",
+    ],
+)
+def test_a_tenant_token_must_name_its_own_listed_tenant(token: Any, reason: str | None) -> None:
+    refused(tenant_verifier(frozenset({TENANT_A})), token(), IssuerMismatch, reason or "issuer_mismatch")
+
+
+def test_tenants_any_accepts_every_tenant_that_names_itself() -> None:
+    verifier = tenant_verifier(None)
+    assert verifier.verify_blocking(tenant_token(TENANT_B)).provider == "azure"
+    refused(verifier, tenant_token(TENANT_B, tid=TENANT_A), IssuerMismatch, "tenant_mismatch")
+
+
+def test_an_exact_issuer_wins_over_a_template() -> None:
+    exact = TEMPLATE.replace("{tenantid}", TENANT_B)
+    verifier = make_verifier(
+        corp_policy(name="azure", issuer=TEMPLATE, tenants=None),
+        legacy_policy(
+            name="home", issuer=exact, audiences=(AUD,), keys=StaticKeys([vkey("RS256", RSA_KEY, "rsa-1")])
+        ),
+    )
+    assert verifier.verify_blocking(tenant_token(TENANT_B)).provider == "home"
+    assert verifier.verify_blocking(tenant_token(TENANT_A)).provider == "azure"

@@ -204,8 +204,14 @@ def test_a_wrong_documented_default_is_reported() -> None:
     doctored = doctored.replace("# default 9901", "# default 9902")
     doctored = doctored.replace("; default loopback", "; default [127.0.0.1/32]")
     assert doctored.count("default 5m") == 2 and "default 9902" in doctored
+
+    def line_of(text: str) -> int:
+        return doctored[: doctored.index(text)].count("\n") + 1
+
+    admin_line = line_of("# default 9902")
+    ttl_line = line_of("max-age; default 5m")
     assert default_mismatches(doctored) == [
         "forward_auth.trusted_sources: the reviewed prose default 'loopback' is now '[127.0.0.1/32]'",
-        "line 18: admin.port: documented default 9902 (9902) != 9901",
-        "line 73: providers.corp.jwks.default_ttl: documented default 5m (300.0) != 600.0",
+        f"line {admin_line}: admin.port: documented default 9902 (9902) != 9901",
+        f"line {ttl_line}: providers.corp.jwks.default_ttl: documented default 5m (300.0) != 600.0",
     ]

@@ -140,3 +140,42 @@ def test_the_admin_listener_needs_a_port_of_its_own() -> None:
         "listen: {port: 8080}\nadmin: {port: 8080, enabled: false}\n" + PROVIDER + "routes: []\n", env={}
     )
     parse_config("listen: {port: 0}\nadmin: {port: 0}\n" + PROVIDER + "routes: []\n", env={})
+
+
+TENANT_PROVIDER = """
+providers:
+  entra:
+    issuer: https://login.microsoftonline.com/{{tenantid}}/v2.0
+    jwks_uri: https://login.microsoftonline.com/common/discovery/v2.0/keys
+    algorithms: [RS256]
+    audiences: [api]
+{extra}
+routes: []
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("", "a {tenantid} issuer needs `tenants:"),
+        ("    tenants: []", "tenants must not be empty"),
+        ("    tenants: [a/b]", "is not a tenant ID"),
+        ("    tenants: [any-tenant, '']", "is not a tenant ID"),
+    ],
+    ids=["no_tenants", "empty", "slash", "empty_id"],
+)
+def test_a_tenant_issuer_needs_a_tenant_list(extra: str, message: str) -> None:
+    assert message in error_of(TENANT_PROVIDER.format(extra=extra))
+
+
+def test_tenant_issuer_rules() -> None:
+    cfg = parse_config(TENANT_PROVIDER.format(extra="    tenants: any"), env={})
+    assert cfg.providers["entra"].tenants == "any"
+    twice = TENANT_PROVIDER.replace("/v2.0", "/{{tenantid}}").format(extra="    tenants: any")
+    assert "{tenantid} once" in error_of(twice)
+    discovery = TENANT_PROVIDER.replace(
+        "jwks_uri: https://login.microsoftonline.com/common/discovery/v2.0/keys", "discovery: true"
+    )
+    assert "no discovery document of its own" in error_of(discovery.format(extra="    tenants: any"))
+    plain = PROVIDER.replace("audiences: [api]", "audiences: [api]\n    tenants: [t1]")
+    assert "tenants needs an issuer with a {tenantid} placeholder" in error_of(plain + "routes: []\n")

@@ -254,20 +254,13 @@ def test_auth0_example() -> None:
     assert _decide(pipeline, "GET", "/admin/x", {**user, "https://example.com/roles": ["staff"]})[0] == 403
 
 
-def test_azure_ad_example_lists_each_tenant_as_a_provider() -> None:
+def test_azure_ad_example_is_one_multi_tenant_provider_with_listed_tenants() -> None:
     cfg = _example("azure-ad")
-    assert len(cfg.providers) >= 2
-    tenants = set()
-    for provider in cfg.providers.values():
-        match = re.fullmatch(
-            r"https://login\.microsoftonline\.com/([0-9a-f-]{36})/v2\.0", provider.issuer or ""
-        )
-        assert match, provider.issuer
-        tenants.add(match.group(1))
-        assert provider.jwks_uri == "https://login.microsoftonline.com/common/discovery/v2.0/keys"
-        assert provider.claims == {"tid": match.group(1)}
-        assert provider.audiences == [EXAMPLE_ENV["AZURE_CLIENT_ID"]]
-    assert len(tenants) == len(cfg.providers)
+    (provider,) = cfg.providers.values()
+    assert provider.issuer == "https://login.microsoftonline.com/{tenantid}/v2.0"
+    assert provider.tenants == [EXAMPLE_ENV["AZURE_TENANT_ID"], EXAMPLE_ENV["AZURE_PARTNER_TENANT_ID"]]
+    assert provider.jwks_uri == "https://login.microsoftonline.com/common/discovery/v2.0/keys"
+    assert provider.audiences == [EXAMPLE_ENV["AZURE_CLIENT_ID"]]
 
     pipeline = _pipeline("azure-ad")
     # scp is a space-delimited string in Entra tokens.
@@ -280,9 +273,13 @@ def test_azure_ad_example_lists_each_tenant_as_a_provider() -> None:
 
 
 def test_azure_ad_admin_route_takes_only_the_home_tenant() -> None:
-    cfg = _example("azure-ad")
-    admin = next(r for r in cfg.routes if r.name == "admin")
-    assert admin.providers == ["home-tenant"]
+    pipeline = _pipeline("azure-ad")
+    admin = {"oid": "o1", "roles": ["Orders.Admin"]}
+    assert _decide(pipeline, "GET", "/admin/x", {**admin, "tid": EXAMPLE_ENV["AZURE_TENANT_ID"]})[0] == 200
+    assert (
+        _decide(pipeline, "GET", "/admin/x", {**admin, "tid": EXAMPLE_ENV["AZURE_PARTNER_TENANT_ID"]})[0]
+        == 403
+    )
 
 
 def test_google_example() -> None:
