@@ -89,12 +89,6 @@ def config(
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def idp() -> Iterator[JWKSServer]:
     with JWKSServer() as server:
         server.add_key("RS256", slot=0)

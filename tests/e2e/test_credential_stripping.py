@@ -4,7 +4,6 @@ unless the config forwards credentials on purpose."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -39,12 +38,6 @@ def config(upstream: EchoUpstream, forward: bool) -> dict[str, Any]:
         "headers": {"claims": {"X-User-Id": "sub"}, "forward_authorization": forward},
         "routes": [{"match": {"path": "/api/**"}}, {"match": {"path": "/public/**"}, "auth": "public"}],
     }
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
 
 
 @pytest.mark.parametrize("path", ["/api/x", "/public/x"])

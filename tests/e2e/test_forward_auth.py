@@ -55,18 +55,6 @@ def forward_auth_config(idp: JWKSServer, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def key(idp: JWKSServer) -> SigningKey:
     return idp.add_key("RS256")
 

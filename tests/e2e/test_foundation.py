@@ -22,18 +22,6 @@ AUD = "api"
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("keys")
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -72,12 +72,6 @@ ALICE = token(roles=["user"])
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gw(upstream: EchoUpstream) -> Iterator[GatewayServer]:
     with GatewayServer(config(upstream, payload_header="X-JWT-Payload")) as server:
         yield server

@@ -45,12 +45,6 @@ QUICK: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
 @pytest.fixture
 def idp() -> Iterator[JWKSServer]:
     with JWKSServer() as server:

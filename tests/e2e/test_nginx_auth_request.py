@@ -109,18 +109,6 @@ class Nginx:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def key(idp: JWKSServer) -> SigningKey:
     return idp.add_key("RS256")
 

@@ -72,12 +72,6 @@ def access() -> Iterator[AccessLines]:
     logger.propagate = propagate
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
 def config(upstream: EchoUpstream, **extra: Any) -> dict[str, Any]:
     return {
         "listen": {"host": "127.0.0.1", "port": 0},

@@ -100,12 +100,6 @@ def access() -> Iterator[AccessRecords]:
     logger.propagate = propagate
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
 ALL_NORMALIZE = ["merge_slashes", "resolve_dots", "strip_trailing_slash"]
 
 

@@ -24,18 +24,6 @@ STRANGER = "99999999-9999-9999-9999-999999999999"
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def key(idp: JWKSServer) -> SigningKey:
     return idp.add_key("RS256")
 

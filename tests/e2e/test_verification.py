@@ -91,12 +91,6 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    with EchoUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def idp() -> Iterator[JWKSServer]:
     with JWKSServer() as server:
         server.add_key("RS256", slot=0)

@@ -93,12 +93,6 @@ def lifespan_server(app: Any) -> ServerThread:
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
     # One client for the module: each new httpx client builds an SSL context (~50 ms).
     with httpx.Client(timeout=10) as shared:

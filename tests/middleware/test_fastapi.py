@@ -50,12 +50,6 @@ def build_app() -> FastAPI:
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def key(idp: JWKSServer) -> SigningKey:
     return idp.add_key("RS256")
 

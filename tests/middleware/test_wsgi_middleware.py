@@ -95,12 +95,6 @@ def flask_app(config: dict[str, Any]) -> Flask:
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
     # One client for the module: each new httpx client builds an SSL context (~50 ms).
     with httpx.Client(timeout=10) as shared:
