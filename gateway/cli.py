@@ -200,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+    except OSError as exc:
+        # A port in use, an address this host does not have: one line, no traceback.
+        print(f"jwt-gateway: {exc}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command}")  # exits with 2
 
 

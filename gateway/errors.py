@@ -28,6 +28,8 @@ pydantic, OSError) are translated into this tree at exactly one boundary each.
     │   └── RouteDenied              403  route_denied (no RFC 6750 error code)
     ├── RouteNotFound                404  route_not_found
     ├── LimitExceeded                413 / 431  body_too_large, headers_too_large
+    ├── RequestTimeout               408  request_timeout, head_timeout, body_timeout
+    ├── OverCapacity                 503  over_capacity (+ Retry-After)
     ├── KeysUnavailable              503  keys_unavailable (+ Retry-After)
     ├── UpstreamError                502 / 504
     │   ├── UpstreamUnavailable      502  upstream_unavailable

@@ -43,10 +43,14 @@ _FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -70,7 +74,11 @@ def run_workers(config_path: str, *, host: str, port: int, workers: int, log_lev
     cfg = load_config(config_path)
     sockets = [_bind(host, port)]
     if cfg.admin.enabled:
-        sockets.append(_bind(cfg.admin.host, cfg.admin.port))
+        try:
+            sockets.append(_bind(cfg.admin.host, cfg.admin.port))
+        except BaseException:
+            sockets[0].close()
+            raise
     metrics_dir = tempfile.mkdtemp(prefix="jwt-gateway-metrics-")
     previous_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -498,3 +498,23 @@ def test_serve_listens_where_its_flags_say_and_stops_on_sigterm(tmp_path: Path) 
     # "listening on" and uvicorn startup lines the config's level would show).
     assert any("upstream_unavailable" in entry["message"] for entry in logged), logged
     assert levels <= {"warning", "error"}, logged
+
+
+def test_serving_on_a_taken_port_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "upstream: http://127.0.0.1:9\nadmin: {enabled: false}\n"
+        "providers:\n"
+        f"  hs: {{issuer: https://hs.test, secret: '{'s' * 32}', algorithms: [HS256], audience: any}}\n"
+        "routes: [{match: {path: /x}}]\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--config", str(config), "--port", str(port), "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "Address already in use" in err and "Traceback" not in err

@@ -35,8 +35,11 @@ Algorithm = Literal[
     "Ed25519", "Ed448", "HS256", "HS384", "HS512",
 ]  # fmt: skip
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
+# Used with fullmatch: ``$`` would also accept a trailing newline ("X-User-Id\n").
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")
+#: A cookie or query parameter name holding a token: ASCII, no separators of either syntax.
+_PARAMETER_NAME = re.compile(r"[!#$%'*+.^_`|~0-9A-Za-z-]+")
 
 #: A claim path: a plain string names one top-level claim exactly as written (dots, slashes and
 #: all: ``https://example.com/roles``); a string starting with ``/`` is a JSON Pointer (RFC 6901,
@@ -51,7 +54,7 @@ class Strict(BaseModel):
 
 
 def _check_header_name(name: str) -> str:
-    if not _HEADER_NAME.match(name):
+    if not _HEADER_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid HTTP header name")
     return name
 
@@ -95,6 +98,20 @@ class TokenLocation(Strict):
     @classmethod
     def _header(cls, v: str | None) -> str | None:
         return None if v is None else _check_header_name(v)
+
+    @field_validator("scheme")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if v and not _HEADER_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not an authorization scheme (an HTTP token; empty: a bare token)")
+        return v
+
+    @field_validator("cookie", "query")
+    @classmethod
+    def _parameter(cls, v: str | None) -> str | None:
+        if v is not None and not _PARAMETER_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a cookie or parameter name (ASCII letters, digits, -._~...)")
+        return v
 
 
 class JWKSOptions(Strict):
@@ -465,7 +482,7 @@ class Match(Strict):
             raise ValueError("methods must not be empty (omit it to match every method)")
         out = []
         for m in v:
-            if not _METHOD.match(m.upper()):
+            if not _METHOD.fullmatch(m.upper()):
                 raise ValueError(f"{m!r} is not an HTTP method")
             out.append(m.upper())
         return out
@@ -532,23 +549,23 @@ class UpstreamTLS(Strict):
 class Proxy(Strict):
     """The reverse proxy: timeouts, limits, forwarding headers."""
 
-    connect_timeout: Duration = 5.0
-    read_timeout: Duration = 60.0
-    write_timeout: Duration = 60.0
+    connect_timeout: Duration = Field(5.0, gt=0)
+    read_timeout: Duration = Field(60.0, gt=0)
+    write_timeout: Duration = Field(60.0, gt=0)
     #: Connections kept per upstream.
     max_connections: int = Field(256, ge=1)
     max_idle_connections: int = Field(64, ge=0)
-    idle_timeout: Duration = 60.0
+    idle_timeout: Duration = Field(60.0, gt=0)
     #: Retry once, on a fresh connection, an idempotent request whose connect failed.
     retry_on_connect_failure: bool = False
     #: Request bodies larger than this are refused with 413 (null: no limit).
     max_body_bytes: ByteSize | None = 10 * 1024 * 1024
     #: Request heads larger than this are refused with 431.
-    max_head_bytes: ByteSize = 16 * 1024
+    max_head_bytes: ByteSize = Field(16 * 1024, ge=1024)
     #: The whole request head must arrive within this time (slowloris guard).
-    head_timeout: Duration = 10.0
+    head_timeout: Duration = Field(10.0, gt=0)
     #: The client's request body may pause this long between two pieces (slow-body guard).
-    body_timeout: Duration = 60.0
+    body_timeout: Duration = Field(60.0, gt=0)
     #: Requests handled at once; more get 503.
     max_concurrency: int = Field(1024, ge=1)
     #: Send the client's Host upstream instead of the upstream's.
