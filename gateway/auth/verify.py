@@ -391,10 +391,8 @@ class Verifier:
         Raises a :class:`gateway.errors.GatewayError` subclass: InvalidToken family (401),
         AudienceMismatch (403), KeysUnavailable (503).
         """
-        hit = self._cached(token, allowed)
+        hit = self.lookup(token, allowed)
         if hit is not None:
-            if self.on_cache_hit is not None:
-                self.on_cache_hit()
             return hit
         if self.on_cache_miss is not None:
             self.on_cache_miss()
@@ -415,10 +413,8 @@ class Verifier:
 
         On an unknown kid, calls the key source's ``refresh_on_miss_sync()`` when it has one.
         """
-        hit = self._cached(token, allowed)
+        hit = self.lookup(token, allowed)
         if hit is not None:
-            if self.on_cache_hit is not None:
-                self.on_cache_hit()
             return hit
         if self.on_cache_miss is not None:
             self.on_cache_miss()
