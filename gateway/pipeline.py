@@ -31,12 +31,14 @@ from gateway.auth.types import Claims, VerifiedToken
 from gateway.errors import (
     GatewayError,
     PathNotCanonical,
+    RequestError,
     RouteDenied,
     RouteNotFound,
     RuleFailed,
     TokenMissing,
 )
 from gateway.routing.path import canonical_path
+from gateway.routing.table import normalize_host
 
 if TYPE_CHECKING:
     from gateway.policy import CompiledRoute, Policy
@@ -120,6 +122,12 @@ class Decision:
     def reason(self) -> str:
         """Stable reason code: ``ok`` or the error's reason."""
         return "ok" if self.error is None else self.error.reason
+
+
+def _invalid_host() -> RequestError:
+    error = RequestError("the Host header is not a valid host[:port]", reason="invalid_host")
+    error.bearer_error = None  # not a credentials problem: no Bearer challenge
+    return error
 
 
 def _is_preflight(view: RequestView) -> bool:
@@ -255,6 +263,11 @@ class Pipeline:
         except PathNotCanonical as exc:
             return Decision("denied", error=exc), None
         host_name = host.decode("latin-1") if host else None
+        if host_name is not None and normalize_host(host_name) is None:
+            # A Host no route could ever name ("admin.example.com:abc", "a b"): matched only by
+            # host-less routes here, while a front proxy cutting at ':' may route it to the
+            # named host. Refused rather than guessed.
+            return Decision("denied", path=path, error=_invalid_host()), None
         if _is_preflight(view):
             # A CORS preflight asks about the route of the method it announces, which need not
             # list OPTIONS: let it through untokened only when that route allows preflights.

@@ -237,6 +237,10 @@ def _compile_route(
         upstream = upstreams[url]
     # Public routes never look at a token, but a token sent to one is still a credential.
     locations = TokenLocations.compile(cfg.providers[n].token for n in names)
+    # Stripped before forwarding: the token locations of EVERY provider, not only this route's,
+    # as the token headers are. Another provider's cookie or query token is never verified
+    # here, so it must not reach the upstream either.
+    every_location = TokenLocations.compile(p.token for p in cfg.providers.values())
     forward = cfg.headers.forward_authorization
     rule: CompiledRule | None = None
     if route.require is not None:
@@ -260,8 +264,8 @@ def _compile_route(
         cors_preflight=route.cors_preflight,
         websocket=route.websocket,
         close_on_expiry=route.close_on_expiry,
-        credential_query=frozenset() if forward else locations.query,
-        credential_cookies=frozenset() if forward else locations.cookies,
+        credential_query=frozenset() if forward else every_location.query,
+        credential_cookies=frozenset() if forward else every_location.cookies,
     )
 
 

@@ -73,7 +73,7 @@ from gateway.config.loader import load_config, load_yaml, read_text, substitute_
 from gateway.errors import ConfigError, GatewayError, TokenMissing
 from gateway.pipeline import Decision, Pipeline, RequestView
 from gateway.policy import CompiledRoute, Policy, build_policy
-from gateway.proxy.headers import HOP_BY_HOP, is_forwarding_header, strip_request_headers
+from gateway.proxy.headers import HOP_BY_HOP, METHOD_OVERRIDES, is_forwarding_header, strip_request_headers
 from gateway.routing.path import canonical_path
 
 #: Seconds allowed for fetching one provider's keys (discovery + JWKS) offline.
@@ -365,6 +365,8 @@ def _stripped_headers(policy: Policy, view: RequestView) -> list[dict[str, str]]
             why = "replaced: the gateway sets Host, the upstream's unless preserve_host"
         elif name == b"content-length":
             why = "replaced: the gateway re-derives the framing"
+        elif name in METHOD_OVERRIDES:
+            why = "method override: the route was decided on the request's own method"
         else:
             why = "hop-by-hop: nominated by Connection"
         out.append({"name": name.decode("latin-1"), "why": why})

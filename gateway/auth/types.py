@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from jwt.algorithms import Algorithm
 
 #: Verified JWT claims, as decoded from JSON.
@@ -30,13 +31,54 @@ class VerificationKey:
     kid: str | None = None
     #: "RSA", "EC", "OKP" or "oct".
     kty: str = ""
+    #: The exact signature length this key makes (0: not known, not checked). Derived.
+    signature_length: int = field(default=0, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signature_length", _signature_length(self.alg, self.prepared))
 
     def verify(self, signing_input: bytes, signature: bytes) -> bool:
-        """True when ``signature`` is a valid signature of ``signing_input`` under this key."""
+        """True when ``signature`` is a valid signature of ``signing_input`` under this key.
+
+        A signature of any other length than the key makes is refused first: some backends
+        accept a shortened RSA-PSS signature (its leading zero byte dropped), which would give
+        one token two spellings (RFC 8017 §8.1.2 wants exactly k octets).
+        """
+        expected = self.signature_length
+        if expected and len(signature) != expected:
+            return False
         try:
             return bool(self.algorithm.verify(signing_input, self.prepared, signature))
         except Exception:
             return False
+
+
+#: Signature length per algorithm where it does not depend on the key (RFC 7518, RFC 8037).
+_FIXED_SIGNATURE_LENGTHS = {
+    "HS256": 32,
+    "HS384": 48,
+    "HS512": 64,
+    "ES256": 64,
+    "ES384": 96,
+    "ES512": 132,
+    "Ed25519": 64,
+    "Ed448": 114,
+}
+
+
+def _signature_length(alg: str, prepared: Any) -> int:
+    fixed = _FIXED_SIGNATURE_LENGTHS.get(alg)
+    if fixed is not None:
+        return fixed
+    key_size = getattr(prepared, "key_size", None)  # RSA public keys: the modulus size in bits
+    if alg[:2] in ("RS", "PS") and isinstance(key_size, int):
+        return (key_size + 7) // 8
+    if alg == "EdDSA":
+        if isinstance(prepared, ed25519.Ed25519PublicKey):
+            return 64
+        if isinstance(prepared, ed448.Ed448PublicKey):
+            return 114
+    return 0
 
 
 class KeyLookup(Protocol):

@@ -33,6 +33,7 @@ from gateway.proxy.headers import (
     FORWARDING_HEADERS,
     HOP_BY_HOP,
     MAX_CACHED_NAME,
+    METHOD_OVERRIDES,
     REGENERATED_FORWARDING,
     nominated_names,
 )
@@ -45,8 +46,8 @@ _REQUEST_ID = b"x-request-id"
 _HOST = b"host"
 _CONNECTION = b"connection"
 #: Dropped from every client request: hop-by-hop, framing (re-derived), Host (the upstream's
-#: or, with preserve_host, re-set), the client's request id (the gateway sets its own).
-_ALWAYS_DROPPED = HOP_BY_HOP | {b"content-length", _HOST, _REQUEST_ID}
+#: or, with preserve_host, re-set), the client's request id (the gateway sets its own), method overrides.
+_ALWAYS_DROPPED = HOP_BY_HOP | METHOD_OVERRIDES | {b"content-length", _HOST, _REQUEST_ID}
 _DROP_FROM_TRUSTED = _ALWAYS_DROPPED | REGENERATED_FORWARDING
 _DROP_FROM_UNTRUSTED = _ALWAYS_DROPPED | FORWARDING_HEADERS
 _NAME_CACHE_MAX = 1024

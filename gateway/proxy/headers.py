@@ -39,14 +39,34 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+#: Method-override headers: frameworks (Rails, Laravel, Express method-override, Symfony)
+#: would turn a GET the route allowed into the DELETE it did not. The gateway decided on the
+#: request's real method, so these never cross, from anyone.
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 #: Never copied from the client's request: framing is re-derived, Host is the upstream's.
-_REQUEST_DROP = HOP_BY_HOP | {b"content-length", b"host"}
+_REQUEST_DROP = HOP_BY_HOP | METHOD_OVERRIDES | {b"content-length", b"host"}
 #: Forwarding headers the gateway regenerates on every request.
 REGENERATED_FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 #: Forwarding headers the gateway does not set: kept only when the peer is a trusted proxy.
-TRUSTED_ONLY_FORWARDING = frozenset({b"x-forwarded-port", b"x-forwarded-prefix", b"x-real-ip"})
+#: Also the client-address and original-host headers that CDNs and frameworks read (Rails'
+#: remote_ip takes Client-IP; Akamai True-Client-IP; Cloudflare CF-Connecting-IP...).
+TRUSTED_ONLY_FORWARDING = frozenset(
+    {
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-real-ip",
+        b"client-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-original-host",
+        b"x-host",
+    }
+)
 FORWARDING_HEADERS = REGENERATED_FORWARDING | TRUSTED_ONLY_FORWARDING
 #: The rest of the ``X-Forwarded-*`` family (X-Forwarded-Ssl, -Scheme, -Uri, -Client-Cert...) is
 #: kept only from a trusted peer too: backends believe some of them (Rack takes

@@ -542,6 +542,18 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_raw > self._max_head:
                 self._refuse(431, "request head too large")
 
+    def _should_upgrade(self) -> bool:
+        # A WebSocket handshake is a GET without a body (RFC 6455 §4.1). One that announces a
+        # body would have llhttp swallow it before the hand-over, and the handshake would then
+        # wait for a body that never comes (no decision, no timeout): answered as a plain
+        # request instead, like any other refused upgrade, and the connection closes after.
+        if self.scope.get("method") != "GET":
+            return False
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+                return False
+        return bool(super()._should_upgrade())
+
     def _hand_over(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()

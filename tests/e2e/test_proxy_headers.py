@@ -207,3 +207,28 @@ def test_the_clients_request_id_passes_only_when_safe(gw: GatewayServer, upstrea
     )
     (value,) = replaced.header(b"x-request-id")
     assert value not in (b"a b", b"two") and len(value) == 24
+
+
+def test_method_overrides_and_client_address_headers_never_cross_from_a_client(
+    gw: GatewayServer, upstream: ThreadedRawServer
+) -> None:
+    # A GET the route allowed must not become the DELETE it did not (Rails, Laravel, Express
+    # method-override); client-address headers CDNs and frameworks read are the peer's to set.
+    spoofed = [
+        b"X-HTTP-Method-Override: DELETE",
+        b"X-HTTP-Method: DELETE",
+        b"X-Method-Override: DELETE",
+        b"Client-IP: 6.6.6.6",
+        b"True-Client-IP: 6.6.6.6",
+        b"X-Client-IP: 6.6.6.6",
+        b"CF-Connecting-IP: 6.6.6.6",
+        b"X-Cluster-Client-IP: 6.6.6.6",
+        b"X-Original-Host: admin.example",
+        b"X-Host: admin.example",
+    ]
+    got = forward(
+        gw, upstream, b"GET /public/f HTTP/1.1\r\nHost: gw.example\r\n" + b"\r\n".join(spoofed) + b"\r\n\r\n"
+    )
+    for line in spoofed:
+        name = line.split(b":")[0].lower()
+        assert got.header(name) == [], name
