@@ -27,11 +27,15 @@ module's.
 - string: as is; integer and float: JSON number text (``42``, ``1.5``; NaN/Infinity refused);
   boolean: ``true`` / ``false``;
 - array, per ``encode``: ``csv`` joins the elements with ``,`` (elements must be scalars; an
-  element that itself contains ``,`` is refused, since the backend could not split it back;
-  use ``json`` for such claims; an empty array gives an empty value); ``json`` is compact JSON
-  with non-ASCII escaped as ``\\uXXXX`` (always ASCII, so ``non_ascii`` does not apply);
-  ``repeat`` sets one header per element (an empty array sets none); ``first`` takes the
-  first element (an empty array counts as an absent claim);
+  empty array gives an empty value); ``json`` is compact JSON with non-ASCII escaped as
+  ``\\uXXXX`` (always ASCII, so ``non_ascii`` does not apply); ``repeat`` sets one header per
+  element (an empty array sets none); ``first`` takes the first element (an empty array counts
+  as an absent claim). Under ``csv`` and ``repeat`` an element that contains ``,`` or has
+  leading or trailing spaces or tabs is refused (use ``json`` for such claims): a recipient
+  reads the value with RFC 9110 list syntax, combining repeated lines with ``,`` (§5.3),
+  splitting on commas and trimming whitespace (§5.6.1), so ``["devs,admin"]`` or
+  ``["user", " admin"]`` would read back as other elements than were verified. A string claim
+  (not an array) is sent as written, commas included: it is one value, not a list;
 - object: compact JSON with ``encode: json``; refused with any other encoding;
 - CR, LF, NUL and every other control character (C0, DEL, C1) are refused, whatever the
   mode: never a second header, never a 5xx;
@@ -74,6 +78,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # RFC 8187 attr-char minus nothing: ALPHA / DIGIT / "!#$&+-.^_`|~".
 _ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
 _UNDERSCORE = b"_"
+# RFC 9110 §5.6.3 OWS: what a list recipient trims around each element.
+_OWS = " \t"
 # Inbound header names whose decision has been computed. Bounded: past the bound, decisions
 # are computed each time (still correct, only slower), so a client cannot grow it unbounded.
 _DECISION_CACHE_SIZE = 1024
@@ -190,7 +196,7 @@ class _ClaimHeader:
                 return [_json(value)]
             if encode == "first":
                 return [_scalar(value[0])] if value else None
-            return [_scalar(v) for v in value]
+            return _repeated(value)
         if isinstance(value, dict):
             if self.encode == "json":
                 return [_json(value)]
@@ -236,14 +242,34 @@ def _scalar(value: Any) -> str:
 
 
 def _csv(value: list[Any]) -> str:
+    elements: list[Any] = value
     try:
         joined = ",".join(value)  # the common case: every element is a string
     except TypeError:
-        joined = ",".join([_scalar(v) for v in value])
+        elements = [_scalar(v) for v in value]
+        joined = ",".join(elements)
     # n elements make n-1 separators; any more comma came from inside an element.
     if value and joined.count(",") != len(value) - 1:
         raise _Refused("an array element contains ',' (use encode: json)")
+    # A list recipient trims OWS around each element: ["user", " admin"] would read as "admin".
+    if (" " in joined or "\t" in joined) and any(e != e.strip(_OWS) for e in elements):
+        raise _Refused("an array element has leading or trailing whitespace (use encode: json)")
     return joined
+
+
+def _repeated(value: list[Any]) -> list[str]:
+    """One text per element for ``encode: repeat``; each must read back as exactly one element.
+
+    Recipients may combine repeated field lines into one with ``,`` (RFC 9110 §5.3; WSGI does),
+    so an element with a comma or with whitespace a list parser trims is refused.
+    """
+    texts = [_scalar(v) for v in value]
+    for text in texts:
+        if "," in text:
+            raise _Refused("an array element contains ',' (use encode: json)")
+        if text != text.strip(_OWS):
+            raise _Refused("an array element has leading or trailing whitespace (use encode: json)")
+    return texts
 
 
 def _json(value: Any) -> str:

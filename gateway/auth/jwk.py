@@ -103,7 +103,6 @@ MAX_KEY_FILE_BYTES: Final = 1024 * 1024
 
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 _PEM_BEGIN: Final = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
-_BASE64_TEXT: Final = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _SSH_PREFIXES: Final = (b"ssh-", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-")
 
 
@@ -521,8 +520,85 @@ def load_jwk_file(path: str | Path, *, algorithms: Sequence[str]) -> tuple[Verif
 # ---------------------------------------------------------------------------------------- HMAC
 
 
+# Secret texts that may be an encoded DER key: base64 in either alphabet (padded or not,
+# whitespace allowed), and hex (whitespace or ':' between bytes allowed, as openssl prints it).
+_ANY_BASE64_TEXT: Final = re.compile(rb"[A-Za-z0-9+/=_\-\s]+")
+_B64URL_TEXT: Final = re.compile(rb"[A-Za-z0-9_-]+")
+_HEX_TEXT: Final = re.compile(rb"[0-9A-Fa-f:\s]+")
+_BASE64URL_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+_TEXT_SEPARATORS: Final = b" \t\r\n\v\f:"
+#: Shortest encoded DER public key looked at: a raw Ed25519 SubjectPublicKeyInfo is 44 bytes.
+_MIN_DER_BYTES: Final = 44
+#: Byte lengths of the RSA moduli worth recognising as a pasted JWK ``n`` (2048, 3072, 4096 bits).
+_RSA_MODULUS_BYTES: Final = frozenset({256, 384, 512})
+
+
+def _odd_primes_below(limit: int) -> tuple[int, ...]:
+    sieve = bytearray([1]) * limit
+    sieve[0:2] = b"\x00\x00"
+    for i in range(2, int(limit**0.5) + 1):
+        if sieve[i]:
+            sieve[i * i :: i] = bytes(len(range(i * i, limit, i)))
+    return tuple(i for i in range(3, limit) if sieve[i])
+
+
+def _product(numbers: Sequence[int]) -> int:
+    result = 1
+    for number in numbers:
+        result *= number
+    return result
+
+
+# An RSA modulus is the product of two large primes: it has no small factor. A random odd number
+# has none below 2**14 about once in eight, so this check keeps random secrets of modulus
+# length mostly apart from pasted moduli (one gcd at load time).
+_SMALL_PRIMES_PRODUCT: Final = _product(_odd_primes_below(1 << 14))
+
+
+def _decoded_texts(stripped: bytes) -> list[bytes]:
+    """What a secret text decodes to as base64 (either alphabet, padding optional) or hex."""
+    blobs: list[bytes] = []
+    if len(stripped) < _MIN_DER_BYTES * 4 // 3:
+        return blobs
+    if _ANY_BASE64_TEXT.fullmatch(stripped):
+        # A PEM body without its armour lines, or a DER key in base64url.
+        compact = b"".join(stripped.split()).rstrip(b"=").translate(_BASE64URL_TO_STANDARD)
+        if len(compact) % 4 != 1:
+            try:
+                blobs.append(base64.b64decode(compact + b"=" * (-len(compact) % 4), validate=True))
+            except (binascii.Error, ValueError):
+                pass
+    if _HEX_TEXT.fullmatch(stripped):
+        digits = stripped.translate(None, _TEXT_SEPARATORS)
+        if len(digits) % 2 == 0:
+            try:
+                blobs.append(bytes.fromhex(digits.decode("ascii")))
+            except ValueError:
+                pass
+    return blobs
+
+
+def _is_der_public_key(blob: bytes) -> bool:
+    if blob[:1] != b"\x30":  # every DER key or certificate is a SEQUENCE
+        return False
+    try:
+        load_der_public_key(blob)
+        return True
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        pass
+    try:
+        x509.load_der_x509_certificate(blob)
+        return True
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+
+
 def _looks_like_public_key(secret: bytes) -> bool:
-    """True when a configured "secret" is really public key material (algorithm confusion)."""
+    """True when a configured "secret" is really public key material (algorithm confusion).
+
+    Recognised: PEM (any block), OpenSSH public keys, JWK or JWK Set JSON, DER public keys and
+    certificates as raw bytes, base64 (standard or base64url, padded or not) or hex.
+    """
     stripped = secret.strip()
     if b"-----BEGIN" in stripped or stripped.startswith(_SSH_PREFIXES):
         return True
@@ -533,27 +609,9 @@ def _looks_like_public_key(secret: bytes) -> bool:
             document = None
         if isinstance(document, dict) and ({"kty", "keys", "n", "x"} & document.keys()):
             return True
-    candidates = [secret]
-    if len(stripped) >= 60 and _BASE64_TEXT.fullmatch(stripped):
-        # A PEM body without its armour lines.
-        try:
-            candidates.append(base64.b64decode(b"".join(stripped.split()), validate=True))
-        except (binascii.Error, ValueError):
-            pass
-    for blob in candidates:
-        if blob[:1] != b"\x30":  # every DER key or certificate is a SEQUENCE
-            continue
-        try:
-            load_der_public_key(blob)
-            return True
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            pass
-        try:
-            x509.load_der_x509_certificate(blob)
-            return True
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            pass
-    return False
+    # A JWK ``n`` alone is not looked for: it has the very form of a long random base64url
+    # secret (secrets.token_urlsafe(256) would be refused about 3% of the time).
+    return any(_is_der_public_key(blob) for blob in (secret, *_decoded_texts(stripped)))
 
 
 def _hmac_verification_key(secret: bytes, alg: str, kid: str | None) -> VerificationKey:
@@ -570,8 +628,9 @@ def hmac_key(secret: bytes, *, algorithm: str, allow_weak: bool) -> Verification
 
     Refused: an empty secret (always); a secret shorter than the hash output (32/48/64 bytes for
     HS256/384/512) unless ``allow_weak``; anything that looks like public key material (PEM,
-    OpenSSH, DER or base64 DER, JWK or JWKS JSON), whatever ``allow_weak`` says, because an
-    HMAC keyed with a public key lets anyone forge tokens. Raises :class:`KeyRejected`.
+    OpenSSH, DER as bytes, base64, base64url or hex, JWK or JWKS JSON), whatever ``allow_weak``
+    says, because an HMAC keyed with a public key lets anyone forge tokens. Raises
+    :class:`KeyRejected`.
     """
     if algorithm not in HMAC_MIN_BYTES:
         raise KeyRejected("alg_key_mismatch", f"{algorithm} is not an HMAC algorithm")

@@ -18,7 +18,8 @@ import binascii
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import cachetools
@@ -72,17 +73,20 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 # Accepted headers are remembered by their (translated) segment: all tokens of one signing key
 # share a header, so its decoding and checks are done once. Least recently used first out, so a
-# flood of distinct headers cannot push out the few a deployment's keys produce for good.
+# flood of distinct headers cannot push out the few a deployment's keys produce for good. The
+# cached header is a read-only view: it is shared by every token with that header segment and
+# handed to apps (VerifiedToken.header), so a write into it must not change how later tokens
+# are judged.
 _HEADER_CACHE_SIZE = 64
 
 
 class JWSParts(NamedTuple):
     """A strictly parsed compact JWS whose payload is left as bytes (signature-layer use).
 
-    ``header`` may be shared with other tokens that have the same header segment: read-only.
+    ``header`` is a read-only mapping shared with other tokens that have the same header segment.
     """
 
-    header: dict[str, Any]
+    header: Mapping[str, Any]
     payload: bytes
     #: ``ASCII(BASE64URL(header) '.' BASE64URL(payload))``: what the signature covers.
     signing_input: bytes
@@ -94,10 +98,10 @@ class JWSParts(NamedTuple):
 class ParsedJWS(NamedTuple):
     """A strictly parsed compact JWS whose payload is a JSON object (a JWT claims set).
 
-    ``header`` may be shared with other tokens that have the same header segment: read-only.
+    ``header`` is a read-only mapping shared with other tokens that have the same header segment.
     """
 
-    header: dict[str, Any]
+    header: Mapping[str, Any]
     claims: dict[str, Any]
     signing_input: bytes
     signature: bytes
@@ -233,18 +237,20 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
 
 
 @cachetools.cached(cachetools.LRUCache(maxsize=_HEADER_CACHE_SIZE), lock=threading.Lock())
-def _header_of(header_b64: bytes) -> tuple[dict[str, Any], str, str | None]:
+def _header_of(header_b64: bytes) -> tuple[Mapping[str, Any], str, str | None]:
     """The decoded and checked header of a segment, with its ``alg`` and ``kid``.
 
-    Cached (a refused header raises and is not remembered). The dict is shared: callers treat
-    it as read-only. The lock is for WSGI worker threads: an LRU's bookkeeping is not atomic.
+    Cached (a refused header raises and is not remembered). The header is shared, so it is
+    returned as a read-only view, made once per cache fill (free per request). Its members are
+    JSON values: only ``alg``, ``kid`` and ``typ`` (strings) are ever judged. The lock is for
+    WSGI worker threads: an LRU's bookkeeping is not atomic.
     """
     header = _json_object(_decode_segment(header_b64, "header"), "header")
     alg, kid = _check_header(header)
-    return header, alg, kid
+    return MappingProxyType(header), alg, kid
 
 
-def _split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes, str, str | None]:
+def _split(token: str) -> tuple[Mapping[str, Any], bytes, bytes, bytes, str, str | None]:
     if len(token) > MAX_TOKEN_CHARS:
         raise TokenMalformed("the token is too large", reason="token_too_large")
     if _COMPACT.fullmatch(token) is None:

@@ -278,8 +278,15 @@ class _Entry:
     """One verified token. ``source``/``generation``/``key`` let a hit notice that the key set
     changed since: the key is then looked up again (withdrawn: the entry is dropped).
 
-    ``expired_at`` (``exp`` + leeway) and ``valid_from`` (``nbf`` - leeway) are the instants a
-    hit re-checks, so that a clock moved back or forward is still judged as a fresh check would.
+    ``expired_at`` and ``valid_from`` are the instants a hit re-checks, so that a clock moved
+    back or forward is still judged as a fresh check (:func:`check_claims`) would:
+
+    - ``expired_at`` = ``exp`` + leeway (a fresh check refuses ``exp <= now - leeway``);
+    - ``valid_from`` = the latest of ``nbf`` - leeway, ``iat`` - leeway (a fresh check refuses
+      ``nbf > now + leeway`` and ``iat > now + leeway``) and, with ``max_lifetime`` and no
+      ``iat``, ``exp`` - ``max_lifetime`` (the remaining lifetime grows as the clock goes back).
+      ``not_before`` keeps the ``nbf``/``iat`` part apart, so that a hit raises the error a
+      fresh check raises first; it is only looked at once ``now < valid_from``.
     """
 
     __slots__ = (
@@ -287,6 +294,7 @@ class _Entry:
         "expired_at",
         "generation",
         "key",
+        "not_before",
         "provider",
         "source",
         "valid_from",
@@ -297,8 +305,7 @@ class _Entry:
         self,
         deadline: float,
         verified: VerifiedToken,
-        nbf: float | None,
-        leeway: float,
+        policy: CompiledPolicy,
         source: KeyGenerations | None,
         generation: int,
         key: VerificationKey,
@@ -306,9 +313,21 @@ class _Entry:
         self.deadline = deadline
         self.verified = verified
         self.provider = verified.provider
+        leeway = policy.leeway
+        claims = verified.claims
         exp = verified.expires_at
         self.expired_at = math.inf if exp is None else exp + leeway
-        self.valid_from = -math.inf if nbf is None else nbf - leeway
+        # check_claims passed, so nbf and iat, when present, are JSON numbers it accepted.
+        not_before = -math.inf
+        for name in ("nbf", "iat"):
+            raw = claims.get(name, _MISSING)
+            if raw is not _MISSING:
+                not_before = max(not_before, float(raw) - leeway)
+        self.not_before = not_before
+        lifetime_from = -math.inf
+        if policy.max_lifetime is not None and exp is not None and "iat" not in claims:
+            lifetime_from = exp - policy.max_lifetime
+        self.valid_from = max(not_before, lifetime_from)
         self.source = source
         self.generation = generation
         self.key = key
@@ -473,7 +492,9 @@ class Verifier:
         if now >= entry.expired_at:
             raise TokenExpired("the token has expired")
         if now < entry.valid_from:
-            raise TokenNotYetValid("the token is not valid yet")
+            if now < entry.not_before:
+                raise TokenNotYetValid("the token is not valid yet")
+            raise ClaimInvalid("the token lives longer than allowed", reason="lifetime_exceeded")
         return entry.verified
 
     def _route(self, token: str, allowed: frozenset[str] | None) -> tuple[ParsedJWS, CompiledPolicy]:
@@ -536,16 +557,7 @@ class Verifier:
                 # Keys served stale must not outlive max_stale through the cache either.
                 deadline = min(deadline, now + source.usable_for())
             if deadline > now:
-                nbf = claims.get("nbf")
-                entry = _Entry(
-                    deadline,
-                    verified,
-                    None if nbf is None else float(nbf),
-                    policy.leeway,
-                    source,
-                    generation,
-                    key,
-                )
+                entry = _Entry(deadline, verified, policy, source, generation, key)
                 with self._lock:
                     if token not in cache:
                         while len(cache) >= self._cache_max_entries:

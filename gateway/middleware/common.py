@@ -77,11 +77,17 @@ def private_claims(value: Any) -> Any:
 
 
 def admitted_token(decision: Decision) -> VerifiedToken | None:
-    """``decision.token`` with app-private claims, installed in ``decision`` (None: no token)."""
+    """``decision.token`` with app-private claims and header, installed in ``decision``.
+
+    None: no token. The verified header is a read-only view shared by every token with that
+    header segment; the app gets its own plain copy (nested members included).
+    """
     token = decision.token
     if token is None:
         return None
-    token = dataclasses.replace(token, claims=private_claims(token.claims))
+    token = dataclasses.replace(
+        token, claims=private_claims(token.claims), header=private_claims(dict(token.header))
+    )
     decision.token = token
     return token
 

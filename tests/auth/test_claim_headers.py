@@ -189,7 +189,7 @@ ENCODE_CASES: list[tuple[dict[str, Any], Any, list[bytes]]] = [
     ({"encode": "json"}, "plain", [b"plain"]),
     # arrays, repeat
     ({"encode": "repeat"}, ["a", "b"], [b"a", b"b"]),
-    ({"encode": "repeat"}, ["a,b", "c"], [b"a,b", b"c"]),
+    ({"encode": "repeat"}, ["a b", "c"], [b"a b", b"c"]),
     ({"encode": "repeat"}, [], []),
     # arrays, first
     ({"encode": "first"}, ["a", "b"], [b"a"]),
@@ -332,3 +332,62 @@ def test_payload_header_from_claims() -> None:
     assert name == b"x-jwt-payload"
     assert json.loads(base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))) == claims
     assert value.isascii() and b"=" not in value
+
+
+# ------------------------------------------------------- list elements a recipient would re-split
+
+# RFC 9110: repeated field lines may be combined with "," (§5.3), list elements are split on
+# "," and trimmed of spaces/tabs (§5.6.1). An element that would not read back as itself is
+# refused under csv and repeat, in every non_ascii mode.
+AMBIGUOUS_ELEMENTS: list[list[Any]] = [
+    ["user", " admin"],
+    ["user", "admin "],
+    [" admin"],
+    ["admin\t"],
+    ["\tadmin", "user"],
+    ["user", "  "],
+    ["devs,admin"],
+    ["devs", "a,b"],
+    [","],
+]
+
+
+@pytest.mark.parametrize("encode", ["csv", "repeat"])
+@pytest.mark.parametrize("non_ascii", ["rfc8187", "refuse", "base64url"])
+@pytest.mark.parametrize("value", AMBIGUOUS_ELEMENTS)
+def test_list_elements_that_a_recipient_would_resplit_or_trim_are_refused(
+    encode: str, non_ascii: str, value: list[Any]
+) -> None:
+    h = headers(claims={"X-Out": {"claim": "v", "encode": encode, "non_ascii": non_ascii}})
+    with pytest.raises(ClaimInvalid) as caught:
+        h.claim_headers({"v": value})
+    assert caught.value.reason == "claim_header_invalid"
+    assert "encode: json" in caught.value.detail
+    assert "admin" not in caught.value.detail and "devs" not in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("encode", "value", "expected"),
+    [
+        ("csv", ["a b", "c d"], [b"a b,c d"]),  # inner spaces are kept by list parsers
+        ("csv", ["user", 1, True], [b"user,1,true"]),
+        ("repeat", ["a b", "c"], [b"a b", b"c"]),
+        ("repeat", [1.5, False], [b"1.5", b"false"]),
+        ("json", ["devs,admin", " admin"], [b'["devs,admin"," admin"]']),
+        ("first", ["devs,admin", "x"], [b"devs,admin"]),  # one value, not a list
+    ],
+)
+def test_unambiguous_list_elements_are_sent(encode: str, value: list[Any], expected: list[bytes]) -> None:
+    assert one({"claim": "v", "encode": encode}, {"v": value}) == [(b"x-out", v) for v in expected]
+
+
+def test_a_string_claim_with_a_comma_is_sent_as_written() -> None:
+    # Documented choice: a string claim is one value; lists that need commas use encode: json.
+    assert one({"claim": "v", "encode": "csv"}, {"v": "Doe, John"}) == [(b"x-out", b"Doe, John")]
+    assert one({"claim": "v", "encode": "repeat"}, {"v": "a,b"}) == [(b"x-out", b"a,b")]
+
+
+def test_json_keeps_what_csv_and_repeat_refuse() -> None:
+    value = ["devs,admin", " admin", "user\t"]
+    (header,) = one({"claim": "v", "encode": "json"}, {"v": value})
+    assert json.loads(header[1]) == value

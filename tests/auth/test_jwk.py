@@ -628,3 +628,70 @@ def test_rsa_public_numbers_from_foreign_library_round_trip() -> None:
     n = b"\x00" + numbers.n.to_bytes(256, "big")
     key = load_jwk({"kty": "RSA", "n": b64url(n), "e": "AQAB"}, algorithms=["RS256"], remote=True)
     assert key.alg == "RS256"
+
+
+# ------------------------------------------------- encoded public keys pasted as HMAC secrets
+
+
+def _encoded_public_material() -> dict[str, bytes]:
+    rsa_public = rsa_private_key().public_key()
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ed_public = ed25519.Ed25519PrivateKey.generate().public_key()
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = rsa_public.public_bytes(serialization.Encoding.DER, spki)
+    pkcs1 = rsa_public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    ec_der = ec_public.public_bytes(serialization.Encoding.DER, spki)
+    ed_der = ed_public.public_bytes(serialization.Encoding.DER, spki)
+    cert_der = x509.load_pem_x509_certificate(_certificate(rsa_private_key())).public_bytes(
+        serialization.Encoding.DER
+    )
+    return {
+        "der_b64url": b64url(der).encode(),
+        "der_b64url_padded": base64.urlsafe_b64encode(der),
+        "der_b64_unpadded": base64.b64encode(der).rstrip(b"="),
+        "der_b64_wrapped": base64.encodebytes(der),
+        "pkcs1_der_b64url": b64url(pkcs1).encode(),
+        "ec_der_b64url": b64url(ec_der).encode(),
+        "ed25519_der_b64url": b64url(ed_der).encode(),
+        "ed25519_der_b64": base64.b64encode(ed_der),
+        "certificate_der_b64url": b64url(cert_der).encode(),
+        "der_hex": der.hex().encode(),
+        "der_hex_upper": der.hex().upper().encode(),
+        "der_hex_colons": der.hex(":").encode(),
+        "der_hex_spaced": b"\n".join(der[i : i + 16].hex(" ").encode() for i in range(0, len(der), 16)),
+        "ec_der_hex": ec_der.hex().encode(),
+        "ed25519_der_hex": ed_der.hex().encode(),
+        "certificate_der_hex": cert_der.hex().encode(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_encoded_public_material()))
+def test_encoded_public_keys_and_moduli_are_never_an_hmac_secret(name: str) -> None:
+    material = _encoded_public_material()[name]
+    with pytest.raises(KeyRejected) as info:
+        hmac_key(material, algorithm="HS256", allow_weak=True)
+    assert info.value.reason == "secret_is_public_key"
+
+
+def test_ordinary_secrets_in_every_text_encoding_are_accepted() -> None:
+    import secrets
+
+    for size in (32, 48, 64, 128):
+        raw = secrets.token_bytes(size)
+        for secret in (
+            raw.hex().encode(),
+            raw.hex(":").encode(),
+            base64.b64encode(raw),
+            base64.urlsafe_b64encode(raw),
+            b64url(raw).encode(),
+        ):
+            assert hmac_key(secret, algorithm="HS256", allow_weak=False).alg == "HS256"
+
+
+def test_a_long_random_base64url_secret_is_accepted() -> None:
+    # secrets.token_urlsafe(256) has the very form of a 2048-bit JWK n: a JWK n pasted on its
+    # own is therefore not looked for (a heuristic refused about 3% of such secrets).
+    import secrets
+
+    for _ in range(50):
+        assert hmac_key(secrets.token_urlsafe(256).encode(), algorithm="HS256", allow_weak=False)

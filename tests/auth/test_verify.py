@@ -1579,3 +1579,117 @@ def test_an_exact_issuer_wins_over_a_template() -> None:
     )
     assert verifier.verify_blocking(tenant_token(TENANT_B)).provider == "home"
     assert verifier.verify_blocking(tenant_token(TENANT_A)).provider == "azure"
+
+
+# ================================================ cache hits judged as a fresh check would
+
+
+def _judgement(verifier: Verifier, token: str) -> str:
+    try:
+        return "accepted:" + verifier.verify_blocking(token).provider
+    except GatewayError as exc:
+        return f"{type(exc).__name__}:{exc.reason}"
+
+
+CLOCK_STEP_CLAIMS = {
+    "iat_at_leeway": {"iat": NOW + 30},
+    "iat_inside_leeway": {"iat": NOW + 10.5},
+    "nbf_at_leeway": {"nbf": NOW + 30, "iat": DROP},
+    "iat_after_nbf": {"nbf": NOW - 100, "iat": NOW + 20},
+    "nbf_after_iat": {"nbf": NOW + 20, "iat": NOW - 100},
+    "no_iat_no_nbf": {"iat": DROP},
+    "past_iat": {"iat": NOW - 50},
+}
+
+
+@pytest.mark.parametrize("overrides", list(CLOCK_STEP_CLAIMS.values()), ids=list(CLOCK_STEP_CLAIMS))
+@pytest.mark.parametrize("step", [0.0, -1.0, -15.0, -19.9, -20.0, -25.0, -60.0, -3600.0, 5.0, 59.0])
+def test_a_cache_hit_after_the_clock_steps_back_is_judged_as_a_fresh_check(
+    overrides: dict[str, Any], step: float
+) -> None:
+    clock = Clock()
+    cached, _ = _cached_verifier(clock, cache_ttl=10_000)
+    token = make_token(claims_for(exp=NOW + 60, **overrides))
+    assert cached.verify_blocking(token).provider == "corp"
+    assert cached.cache_size == 1
+    clock.now = NOW + step
+    fresh = make_verifier(corp_policy(keys=StaticKeys([vkey("RS256", RSA_KEY, "rsa-1")])), clock=clock)
+    assert _judgement(cached, token) == _judgement(fresh, token)
+
+
+def test_iat_in_the_future_is_rechecked_on_a_cache_hit() -> None:
+    clock = Clock()
+    verifier, keys = _cached_verifier(clock, cache_ttl=10_000)
+    token = make_token(claims_for(iat=NOW + 30))  # accepted: iat within the leeway
+    verifier.verify_blocking(token)
+    clock.now = NOW - 0.5  # iat > now + leeway now
+    refused(verifier, token, TokenNotYetValid)
+    assert len(keys.lookups) == 1  # judged by the cache entry, not verified again
+    clock.now = NOW
+    assert verifier.verify_blocking(token).provider == "corp"
+
+
+@pytest.mark.parametrize("iat", [DROP, NOW - 100])
+def test_max_lifetime_is_judged_on_a_cache_hit_as_a_fresh_check(iat: Any) -> None:
+    clock = Clock()
+    keys = StaticKeys([vkey("RS256", RSA_KEY, "rsa-1")])
+    policy = corp_policy(keys=keys, max_lifetime=600.0)
+    cached = make_verifier(policy, clock=clock, cache_enabled=True, cache_ttl=10_000)
+    token = make_token(claims_for(exp=NOW + 500, iat=iat))
+    cached.verify_blocking(token)
+    for step in (-50.0, -100.0, -101.0, -400.0):
+        clock.now = NOW + step
+        fresh = make_verifier(corp_policy(keys=keys, max_lifetime=600.0), clock=clock)
+        assert _judgement(cached, token) == _judgement(fresh, token), step
+    # Without iat the remaining lifetime (exp - now) grows as the clock goes back.
+    clock.now = NOW - 101
+    if iat is DROP:
+        refused(cached, token, ClaimInvalid, "lifetime_exceeded")
+    else:
+        assert cached.verify_blocking(token).provider == "corp"
+
+
+def test_a_hit_refused_for_nbf_and_lifetime_names_nbf_first() -> None:
+    clock = Clock()
+    keys = StaticKeys([vkey("RS256", RSA_KEY, "rsa-1")])
+    cached = make_verifier(
+        corp_policy(keys=keys, max_lifetime=600.0), clock=clock, cache_enabled=True, cache_ttl=10_000
+    )
+    token = make_token(claims_for(exp=NOW + 590, iat=DROP, nbf=NOW))
+    cached.verify_blocking(token)
+    clock.now = NOW - 1000  # both nbf and the lifetime bound are violated: a fresh check says nbf
+    fresh = make_verifier(corp_policy(keys=keys, max_lifetime=600.0), clock=clock)
+    assert _judgement(cached, token) == _judgement(fresh, token) == "TokenNotYetValid:token_not_yet_valid"
+
+
+# ======================================================= the verified header is read-only
+
+
+def test_the_verified_header_is_read_only_and_shared_safely() -> None:
+    verifier = make_verifier(cache_enabled=True)
+    first = verifier.verify_blocking(make_token(claims_for(jti="1"), typ="JWT"))
+    second = verifier.verify_blocking(make_token(claims_for(jti="2"), typ="JWT"))
+    assert first.header == {"alg": "RS256", "kid": "rsa-1", "typ": "JWT"}
+    for header in (first.header, second.header):
+        with pytest.raises(TypeError):
+            header["typ"] = "at+jwt"  # type: ignore[index]
+        with pytest.raises(AttributeError):
+            header.pop("typ")  # type: ignore[attr-defined]
+    assert second.header["typ"] == "JWT"
+
+
+def test_an_app_cannot_change_the_typ_check_through_the_header_it_was_given() -> None:
+    typed = corp_policy(name="typed", issuer="https://typed.example.com", typ=("at+jwt",))
+    verifier = make_verifier(corp_policy(), typed)
+    header = {"alg": "RS256", "kid": "rsa-1", "x-test": "header-write"}  # a segment of its own
+    verified = verifier.verify_blocking(make_token(header=header))
+    with pytest.raises(TypeError):
+        verified.header["typ"] = "at+jwt"  # type: ignore[index]
+    dict(verified.header)["typ"] = "at+jwt"  # a copy is the app's own
+    refused(
+        verifier,
+        make_token(claims_for(iss="https://typed.example.com"), header=header),
+        ClaimInvalid,
+        "typ_mismatch",
+    )
+    assert "typ" not in verified.header

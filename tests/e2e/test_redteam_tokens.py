@@ -171,8 +171,9 @@ def test_spoofed_identity_headers_are_replaced_by_the_verified_ones(gw: GatewayS
 
 @pytest.mark.xfail(
     strict=True,
-    reason='VULN: roles: "user,admin" (a string) reaches the upstream as X-User-Roles: user,admin, '
-    'the very header of roles: ["user", "admin"]; the gateway\'s own rules say this token is not admin',
+    reason="NOT FIXED (by design): a string claim is sent as written; use encode: json for lists "
+    '(roles: "user,admin" reaches the upstream as X-User-Roles: user,admin, the header of '
+    'roles: ["user", "admin"])',
 )
 def test_a_scalar_claim_with_a_comma_is_not_read_as_two_roles_by_the_upstream(
     gw: GatewayServer, upstream: EchoUpstream
@@ -185,11 +186,6 @@ def test_a_scalar_claim_with_a_comma_is_not_read_as_two_roles_by_the_upstream(
     assert "admin" not in backend_list(r.json()["headers"]["x-user-roles"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='VULN: encode: repeat forwards groups ["devs,admin"] as one field line "devs,admin", '
-    "which a backend reads as two groups (RFC 9110 list syntax)",
-)
 def test_a_repeated_claim_element_with_a_comma_is_not_read_as_two_groups_by_the_upstream(
     gw: GatewayServer,
 ) -> None:
