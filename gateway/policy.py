@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from gateway.auth.claim_headers import ClaimHeaders, compile_headers
-from gateway.auth.extract import TokenLocations, remove_query_credentials
+from gateway.auth.extract import STANDARD_QUERY_PARAMETER, TokenLocations, remove_query_credentials
 from gateway.auth.keys import KeyEvents, KeySource, KeySourcePlan, KeySourceRegistry
 from gateway.auth.rules import CompiledRule, compile_rule
 from gateway.auth.types import ProviderPolicy
@@ -241,6 +241,8 @@ def _compile_route(
     # as the token headers are. Another provider's cookie or query token is never verified
     # here, so it must not reach the upstream either.
     every_location = TokenLocations.compile(p.token for p in cfg.providers.values())
+    # RFC 6750's access_token parameter too, on every route (as the Authorization header is
+    # stripped): unless a provider of the route reads it, the gateway never verifies it.
     forward = cfg.headers.forward_authorization
     rule: CompiledRule | None = None
     if route.require is not None:
@@ -264,7 +266,7 @@ def _compile_route(
         cors_preflight=route.cors_preflight,
         websocket=route.websocket,
         close_on_expiry=route.close_on_expiry,
-        credential_query=frozenset() if forward else every_location.query,
+        credential_query=frozenset() if forward else every_location.query | {STANDARD_QUERY_PARAMETER},
         credential_cookies=frozenset() if forward else every_location.cookies,
     )
 

@@ -251,7 +251,7 @@ def test_forward_authorization_keeps_query_and_cookie_tokens() -> None:
     assert route.upstream_target("/api/x", b"access_token=t") == b"/api/x?access_token=t"
 
 
-def test_credential_cookies_come_from_the_providers_the_route_accepts() -> None:
+def test_every_providers_credential_locations_are_stripped_on_every_route() -> None:
     providers = {
         "hs": {**HS, "token": {"cookie": "session"}},
         "other": {**HS, "issuer": "https://other.test", "token": {"cookie": "other_session", "query": "tok"}},
@@ -261,12 +261,15 @@ def test_credential_cookies_come_from_the_providers_the_route_accepts() -> None:
         {"match": {"path": "/pub/**"}, "auth": "public"},
     ]
     policy = build_policy(config(upstream="http://app", providers=providers, routes=routes))
+    # A route that accepts only hs still strips other's cookie and query token (never verified
+    # there, so never passed on) and the standard access_token parameter (RFC 6750 §2.3).
     only_hs = route_for(policy, "/only-hs/x")
-    assert (only_hs.credential_cookies, only_hs.credential_query) == (frozenset({b"session"}), frozenset())
+    assert only_hs.credential_cookies == frozenset({b"session", b"other_session"})
+    assert only_hs.credential_query == frozenset({b"tok", b"access_token"})
     # A public route never reads a token, but one sent to it is still stripped.
     public = route_for(policy, "/pub/x")
     assert public.credential_cookies == frozenset({b"session", b"other_session"})
-    assert public.credential_query == frozenset({b"tok"})
+    assert public.credential_query == frozenset({b"tok", b"access_token"})
 
 
 def test_route_flags_are_compiled_with_their_defaults() -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.asgi_types import Receive, Scope, Send
-from gateway.auth.extract import BodyCredentialScanner, is_form_body
+from gateway.auth.extract import BodyCredentialScanner, body_scanner
 from gateway.errors import CredentialsMalformed, LimitExceeded, RequestError, RequestTimeout, UpstreamError
 from gateway.proxy.headers import (
     FORWARDED_PREFIX,
@@ -176,11 +176,7 @@ class Forwarder:
             raise LimitExceeded(f"the request body exceeds {max_body_bytes} bytes")
         body = None
         if has_body:
-            scanner = (
-                BodyCredentialScanner()
-                if refuse_body_credentials and is_form_body(scope["headers"])
-                else None
-            )
+            scanner = body_scanner(scope["headers"]) if refuse_body_credentials else None
             body = _Body(receive, content_length, max_body_bytes, body_timeout, scanner)
         # The gateway's own protocol cancels this task when the client goes away (no cost per
         # request); under another ASGI server a lazily armed watcher does it.

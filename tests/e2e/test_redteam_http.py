@@ -1006,15 +1006,6 @@ def test_forms_without_a_token_still_pass(gw: GatewayServer, raw_upstream: Threa
         assert form_post(gw, raw_upstream, body).status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "VULN: auth/extract.py is_form_body reads only the FIRST Content-Type; with "
-        "'Content-Type: text/plain' then 'Content-Type: application/x-www-form-urlencoded' the body "
-        "is not scanned, both headers are forwarded, and gunicorn (environ CONTENT_TYPE: last wins) "
-        "hands Flask/Django a form holding the unverified access_token"
-    ),
-)
 def test_a_second_content_type_cannot_hide_a_form_body(
     gw: GatewayServer, raw_upstream: ThreadedRawServer
 ) -> None:
@@ -1029,14 +1020,6 @@ def test_a_form_content_type_first_is_still_scanned(
     assert_refused(sent, 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "VULN: only application/x-www-form-urlencoded bodies are scanned; a multipart/form-data "
-        "field named access_token is forwarded unverified, and Flask request.form, Django "
-        "request.POST and Starlette request.form() all expose it like a urlencoded one"
-    ),
-)
 def test_a_multipart_access_token_field_is_refused(
     gw: GatewayServer, raw_upstream: ThreadedRawServer
 ) -> None:
@@ -1049,15 +1032,6 @@ def test_a_multipart_access_token_field_is_refused(
     assert_refused(sent, 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "VULN: PHP rewrites parameter names ('.' and ' ' become '_', leading spaces dropped), so "
-        "access.token, access+token and +access_token all arrive as $_POST/$_GET['access_token']; "
-        "the body scanner (_BODY_CREDENTIAL) and the query check (_from_query) only know the "
-        "exact (percent-decoded) name"
-    ),
-)
 @pytest.mark.parametrize("name", [b"access.token", b"access+token", b"+access_token", b"access%2Etoken"])
 @pytest.mark.parametrize("where", ["body", "query"])
 def test_php_mangled_access_token_names_are_refused(
@@ -1089,29 +1063,11 @@ def test_header_token_plus_query_token_is_refused(
     assert sent.reason == "multiple_credentials"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "VULN: the query check (auth/extract.py _from_query) splits only on '&', while the body "
-        "scanner treats ';' as a separator too: '?a=1;access_token=<forged>' beside a valid header "
-        "token is forwarded, and Rack 2 (Rails), old Python parse_qs and Go < 1.17 read it as "
-        "access_token"
-    ),
-)
 def test_a_semicolon_separated_query_token_is_refused(gw: GatewayServer, upstream: EchoUpstream) -> None:
     sent = send(gw, upstream, f"/api/x?a=1;access_token={FORGED}", [bearer()])
     assert_refused(sent, 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "VULN: on an auth: optional route a request with no header token but "
-        "'?access_token=<forged>' is allowed anonymously and forwarded with the unverified token "
-        "in the query (the same token in a form body is refused with credentials_in_body; the "
-        "catalogue 2.15 lists '?access_token=<valid> alone' as refused)"
-    ),
-)
 def test_an_optional_route_never_forwards_an_unverified_query_token(
     gw: GatewayServer, upstream: EchoUpstream
 ) -> None:
@@ -1133,16 +1089,6 @@ def test_token_cookies_are_stripped_on_public_routes(gw: GatewayServer, upstream
     assert sent.header("cookie") == ["a=1; b=2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "VULN: auth/extract.py _from_cookies and remove_cookie_credentials compare the cookie name "
-        "with its inner whitespace kept ('session ' != 'session'), while Django, Werkzeug, Starlette "
-        "and http.cookies all trim it; and http.cookies (aiohttp...) also splits 'a=b, session=...' "
-        "at the comma. The forged cookie token passes the one-credential check beside a header "
-        "token, and survives cookie stripping on public routes"
-    ),
-)
 @pytest.mark.parametrize("cookie", [f"session ={FORGED}", f"session\t= {FORGED}", f"a=b, session={FORGED}"])
 @pytest.mark.parametrize("target", ["/api/x", "/pub/x"])
 def test_a_cookie_token_cannot_hide_behind_whitespace_or_commas(
@@ -1245,7 +1191,8 @@ def test_forward_auth_uris_follow_the_canonical_path_rules(
             ),
             400,
         ),
-        (nginx(b"/api/x", b"GET", b"Cookie: session =x", b"Authorization: Bearer " + FORGED.encode()), 401),
+        # A cookie named "session " is the session cookie to every framework: two credentials.
+        (nginx(b"/api/x", b"GET", b"Cookie: session =x", b"Authorization: Bearer " + FORGED.encode()), 400),
     ],
 )
 def test_forward_auth_calls_that_are_ambiguous_or_name_a_refused_request(
