@@ -368,6 +368,16 @@ class Verifier:
             compiled = CompiledPolicy(policy)
             if policy.issuer is not None and TENANT_PLACEHOLDER in policy.issuer:
                 prefix, _, suffix = policy.issuer.partition(TENANT_PLACEHOLDER)
+                for other_prefix, other_suffix, _, other in self._templated:
+                    # One iss could fill both templates: the first would claim (and maybe
+                    # refuse) tokens meant for the second. Refused instead of ordered.
+                    if (prefix.startswith(other_prefix) or other_prefix.startswith(prefix)) and (
+                        suffix.endswith(other_suffix) or other_suffix.endswith(suffix)
+                    ):
+                        raise ConfigError(
+                            f"providers {other.name!r} and {name!r} have overlapping {{tenantid}} "
+                            "issuers: one token's iss could fill both"
+                        )
                 self._templated.append((prefix, suffix, policy.tenants, compiled))
             elif policy.issuer is None:
                 if self._without_issuer is not None:

@@ -643,7 +643,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         parser = self.parser
         http_version = parser.get_http_version()
         scope = self.scope
-        scope["method"] = parser.get_method().decode("ascii")
+        method = scope["method"] = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            # A tunnel request, whatever its target: a gateway never tunnels (400, close).
+            raise _NotOriginForm
         if http_version != "1.1":
             scope["http_version"] = http_version
         if parser.should_upgrade() and self._should_upgrade():

@@ -78,10 +78,16 @@ def _refuse(why: str) -> PathNotCanonical:
     return PathNotCanonical(f"the request path is not canonical: it contains {why}")
 
 
+#: Characters Windows' "best fit" code-page mapping turns into ASCII path syntax, though NFKC
+#: does not: a backend calling the ANSI file APIs reads "..∕admin" as "../admin" (the WorstFit
+#: research, 2025). Division slash, set minus, fraction slash, big solidus, yen and won signs.
+_WINDOWS_BEST_FIT = frozenset("\u2215\u2216\u2044\u29f8\u29f9\u00a5\u20a9")
+
+
 @lru_cache(maxsize=4096)
 def _folds_to_ascii(char: str) -> bool:
     """True when a lenient backend could read the non-ASCII ``char`` as ASCII or as nothing."""
-    if unicodedata.category(char) in _REFUSED_CATEGORIES:
+    if unicodedata.category(char) in _REFUSED_CATEGORIES or char in _WINDOWS_BEST_FIT:
         return True
     if any(c.isascii() for c in unicodedata.normalize("NFKC", char)):
         return True

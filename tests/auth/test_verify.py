@@ -1693,3 +1693,28 @@ def test_an_app_cannot_change_the_typ_check_through_the_header_it_was_given() ->
         "typ_mismatch",
     )
     assert "typ" not in verified.header
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "https://login.microsoftonline.com/{tenantid}/v2.0",
+        "https://login.microsoftonline.com/{tenantid}",  # a suffix of the other's
+        "https://login.microsoftonline.com/x/{tenantid}/v2.0",  # a longer prefix
+    ],
+)
+def test_overlapping_tenant_templates_are_a_config_error(other: str) -> None:
+    with pytest.raises(ConfigError, match="overlapping"):
+        make_verifier(
+            corp_policy(name="azure", issuer=TEMPLATE, tenants=None),
+            legacy_policy(name="other", issuer=other, tenants=None),
+        )
+
+
+def test_distinct_tenant_templates_coexist() -> None:
+    v1 = "https://sts.windows.net/{tenantid}/"
+    verifier = make_verifier(
+        corp_policy(name="azure", issuer=TEMPLATE, tenants=None),
+        legacy_policy(name="v1", issuer=v1, tenants=None),
+    )
+    assert verifier.verify_blocking(tenant_token(TENANT_A)).provider == "azure"

@@ -153,8 +153,15 @@ def test_smuggled_requests_never_reach_the_upstream(
         b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1",
         b"CONNECT 127.0.0.1:{port} HTTP/1.1",
         b"CONNECT example.com:443 HTTP/1.1",
+        b"CONNECT /public/x HTTP/1.1",
     ],
-    ids=["absolute_form_upstream", "absolute_form_metadata", "connect_upstream", "connect_elsewhere"],
+    ids=[
+        "absolute_form_upstream",
+        "absolute_form_metadata",
+        "connect_upstream",
+        "connect_elsewhere",
+        "connect_origin_form",
+    ],
 )
 def test_absolute_form_and_connect_are_refused(
     request_line: bytes, gw: GatewayServer, raw_upstream: ThreadedRawServer

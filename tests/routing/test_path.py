@@ -302,3 +302,15 @@ def test_unknown_normalize_option_is_a_programming_error() -> None:
 
 def test_at_least_fifty_variants() -> None:
     assert len(DEFAULT_CASES) + len(NORMALIZE_CASES) >= 50
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [b"%E2%88%95", b"%E2%88%96", b"%E2%81%84", b"%E2%A7%B8", b"%E2%A7%B9", b"%C2%A5", b"%E2%82%A9"],
+    ids=["division_slash", "set_minus", "fraction_slash", "big_solidus", "big_reverse_solidus", "yen", "won"],
+)
+def test_windows_best_fit_path_characters_are_refused(encoded: bytes) -> None:
+    # Windows' best-fit mapping reads these as '/', '\\' (yen and won in Japanese and Korean
+    # code pages): "..<char>admin" would be "../admin" to a backend using the ANSI APIs.
+    with pytest.raises(PathNotCanonical):
+        canonical_path(b"/pub/.." + encoded + b"admin", frozenset())
