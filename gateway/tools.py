@@ -70,6 +70,7 @@ from gateway.auth.extract import extract_token
 from gateway.auth.jws import parse_compact
 from gateway.auth.keys import RemoteJWKS
 from gateway.config.loader import load_config, load_yaml, read_text, substitute_env, validation_error
+from gateway.config.models import GatewayConfig
 from gateway.errors import ConfigError, GatewayError, TokenMissing
 from gateway.pipeline import Decision, Pipeline, RequestView
 from gateway.policy import CompiledRoute, Policy, build_policy
@@ -143,10 +144,45 @@ def check(config_path: str, out: TextIO | None = None) -> int:
             "comes first and matches everything it would",
             file=out,
         )
+    for i, variant, j in _lenient_fallthroughs(cfg, policy):
+        warnings += 1
+        name_i = cfg.routes[i].name or f"route{i}"
+        name_j = cfg.routes[j].name or f"route{j}"
+        print(
+            f"warning: routes[{i}] ({name_i}) protects {cfg.routes[i].match.path} exactly, but "
+            f"{variant} is matched by routes[{j}] ({name_j}, auth: {cfg.routes[j].auth}): a backend "
+            "that ignores a trailing slash or letter case would serve the protected path to it",
+            file=out,
+        )
     print(f"\nunmatched requests: {cfg.unmatched_status}, never forwarded", file=out)
     if warnings:
         print(f"{warnings} warning(s)", file=out)
     return 0
+
+
+def _lenient_fallthroughs(cfg: GatewayConfig, policy: Policy) -> list[tuple[int, str, int]]:
+    """``(i, variant, j)``: exact route ``i`` (not public) protects a path whose trailing-slash
+    or letter-case ``variant`` a later public or optional route ``j`` takes instead.
+
+    The gateway's paths are exact and case-sensitive by design; many backends (Express in
+    non-strict mode, Spring before 6, IIS) serve ``/Secret/`` as ``/secret``.
+    """
+    found: list[tuple[int, str, int]] = []
+    strip_slash = "strip_trailing_slash" in cfg.paths.normalize
+    for i, route in enumerate(cfg.routes):
+        pattern = route.match.path
+        if route.auth == "public" or "*" in pattern or "{" in pattern or pattern == "/":
+            continue
+        method = route.match.methods[0] if route.match.methods else "GET"
+        hosts = route.match.host
+        host = hosts if isinstance(hosts, str) else hosts[0] if hosts else None
+        variants = [] if strip_slash else [pattern[:-1] if pattern.endswith("/") else pattern + "/"]
+        variants += [v for v in (pattern.upper(), pattern.lower()) if v != pattern]
+        for variant in dict.fromkeys(variants):
+            match = policy.routes.match(method, variant, host)
+            if match is not None and match.index != i and match.payload.auth in ("public", "optional"):
+                found.append((i, variant, match.index))
+    return found
 
 
 # ------------------------------------------------------------------------ offline requests

@@ -568,3 +568,32 @@ def test_check_accepts_a_middleware_config_without_upstream(tmp_path: Path) -> N
     # The same routes in proxy mode need an upstream.
     with pytest.raises(ConfigError, match=r"routes\[0\].*no upstream"):
         check(write_config(tmp_path, {**config, "mode": "proxy"}), out=io.StringIO())
+
+
+def test_check_warns_when_a_lenient_backend_would_serve_a_protected_path_to_a_public_route(
+    tmp_path: Path,
+) -> None:
+    provider = {"issuer": "https://hs.test", "secret": "s" * 32, "algorithms": ["HS256"], "audience": "any"}
+    config = {
+        "upstream": "http://127.0.0.1:9",
+        "providers": {"hs": provider},
+        "routes": [
+            {"name": "secret", "match": {"path": "/secret"}},
+            {"name": "api", "match": {"path": "/api/**"}},  # wildcards cover their variants
+            {"name": "everything", "match": {"path": "/**"}, "auth": "public"},
+        ],
+    }
+    out = io.StringIO()
+    assert check(write_config(tmp_path, config), out=out) == 0
+    text = out.getvalue()
+    assert (
+        "warning: routes[0] (secret) protects /secret exactly, but /secret/ is matched by routes[2]" in text
+    )
+    assert "but /SECRET is matched by routes[2] (everything, auth: public)" in text
+    assert "routes[1] (api) protects" not in text
+    assert "2 warning(s)" in text
+    # Without the public catch-all the variants are simply unmatched (404): nothing to warn about.
+    config["routes"] = config["routes"][:2]
+    out = io.StringIO()
+    assert check(write_config(tmp_path, config), out=out) == 0
+    assert "warning" not in out.getvalue()
