@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 
+from tests.support.exchange import Sent, send, send_raw
 from tests.support.jwks_server import JWKSServer
 from tests.support.proxy_servers import ThreadedRawServer
-from tests.support.servers import EchoUpstream, GatewayServer, raw_request
+from tests.support.servers import EchoUpstream, GatewayServer
 from tests.support.tokens import b64url, new_signing_key, rsa_private_key
 from tests.support.upstream_servers import keep_alive
 
@@ -124,55 +125,6 @@ def gw_normalizing(
     with GatewayServer(config(upstream, idp, refusing, ["merge_slashes", "resolve_dots"])) as server:
         server.wait_ready()
         yield server
-
-
-class Sent:
-    """One raw exchange: status, the whole response, and what reached the upstream."""
-
-    def __init__(self, status: int, response: bytes, forwarded: list[dict[str, Any]]) -> None:
-        self.status = status
-        self.response = response
-        self.forwarded = forwarded
-
-    @property
-    def reason(self) -> str | None:
-        body = self.response.partition(b"\r\n\r\n")[2]
-        try:
-            return str(json.loads(body)["reason"])
-        except (ValueError, KeyError):
-            return None
-
-    def header(self, name: str) -> list[str]:
-        """Values of ``name`` the upstream received (exactly one forwarded request)."""
-        (request,) = self.forwarded
-        return [v.decode("latin-1") for n, v in request["headers"] if n == name.lower().encode()]
-
-
-def send_raw(gw: GatewayServer, upstream: EchoUpstream, request: bytes, *, timeout: float = 5.0) -> Sent:
-    before = upstream.count
-    # The upstream records a request before answering it, and the gateway answers only after
-    # the upstream did: once the answer is here, a forwarded request has been recorded.
-    status, response = raw_request(gw.port, request, timeout=timeout)
-    return Sent(status, response, upstream.requests[before:])
-
-
-def send(
-    gw: GatewayServer,
-    upstream: EchoUpstream,
-    target: str | bytes,
-    headers: Sequence[tuple[str, str]] = (),
-    *,
-    method: str = "GET",
-    body: bytes = b"",
-    host: str = "gw.test",
-) -> Sent:
-    raw_target = target if isinstance(target, bytes) else target.encode("latin-1")
-    lines = [f"Host: {host}"] + [f"{n}: {v}" for n, v in headers]
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
-    head = method.encode() + b" " + raw_target + b" HTTP/1.1\r\n" + "\r\n".join(lines).encode("latin-1")
-    return send_raw(gw, upstream, head + b"\r\n\r\n" + body)
 
 
 def bearer(token: str) -> tuple[str, str]:
