@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from tests.support.proxy_servers import (
-    ResponseReader,
     StreamUpstream,
     ThreadedRawServer,
     connect,
+    exchange,
     read_response,
 )
 from tests.support.servers import GatewayServer
@@ -62,21 +62,6 @@ def gw(raw_upstream: ThreadedRawServer) -> Iterator[GatewayServer]:
         config(raw_upstream.url, max_body_bytes=1024, head_timeout="1s", body_timeout="1s")
     ) as server:
         yield server
-
-
-def exchange(port: int, data: bytes, *, timeout: float = 5.0) -> list[Any]:
-    """Send ``data`` and read every response until the connection closes."""
-    responses = []
-    with connect(port, timeout) as sock:
-        sock.sendall(data)
-        reader = ResponseReader(sock)
-        while True:
-            response = reader.read(timeout=timeout)
-            if response.status == 0:
-                return responses
-            responses.append(response)
-            if response.closed or response.header(b"connection") == [b"close"]:
-                return responses
 
 
 def smuggled(upstream: ThreadedRawServer) -> list[bytes]:

@@ -34,7 +34,7 @@ import jwt
 import pytest
 
 from tests.support.exchange import Sent, send, send_raw
-from tests.support.proxy_servers import ResponseReader, ThreadedRawServer, connect
+from tests.support.proxy_servers import ResponseReader, ThreadedRawServer, connect, exchange
 from tests.support.servers import EchoUpstream, GatewayServer, raw_request
 from tests.support.upstream_servers import keep_alive, ok
 
@@ -146,21 +146,6 @@ def assert_refused(sent: Sent, *statuses: int) -> None:
     """Refused with one of ``statuses`` (4xx, never 5xx) and never forwarded."""
     assert sent.status in statuses, sent.response[:400]
     assert sent.forwarded == [], "a refused request reached the upstream"
-
-
-def exchange(port: int, data: bytes, *, timeout: float = 3.0) -> list[Any]:
-    """Send ``data`` on one connection and read every response until it closes."""
-    responses = []
-    with connect(port, timeout) as sock:
-        sock.sendall(data)
-        reader = ResponseReader(sock)
-        while True:
-            response = reader.read(timeout=timeout)
-            if response.status == 0:
-                return responses
-            responses.append(response)
-            if response.closed or response.header(b"connection") == [b"close"]:
-                return responses
 
 
 def smuggled(upstream: EchoUpstream, before: int) -> list[str]:

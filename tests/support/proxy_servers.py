@@ -47,6 +47,7 @@ __all__ = [
     "StreamUpstream",
     "ThreadedRawServer",
     "WebSocketEcho",
+    "exchange",
     "expected_download_digest",
     "read_response",
     "rss_bytes",
@@ -619,6 +620,22 @@ class ResponseReader:
             pass
         body, self.buffer = self.buffer, b""
         return done(body, "close", True)
+
+
+def exchange(port: int, data: bytes, *, timeout: float = 5.0) -> list[RawResponse]:
+    """Send ``data`` on one connection and read every response until the connection closes
+    (or a response says ``Connection: close``)."""
+    responses = []
+    with connect(port, timeout) as sock:
+        sock.sendall(data)
+        reader = ResponseReader(sock)
+        while True:
+            response = reader.read(timeout=timeout)
+            if response.status == 0:
+                return responses
+            responses.append(response)
+            if response.closed or response.header(b"connection") == [b"close"]:
+                return responses
 
 
 def read_response(sock: socket.socket, *, method: str = "GET", timeout: float = 10.0) -> RawResponse:
